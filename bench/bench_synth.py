@@ -1,0 +1,35 @@
+"""Throughput of `sshpe synth`: renders N images at W x H into a temporary folder and prints images/s.
+
+Usage: python bench/bench_synth.py [--num 200] [--size 320 240] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from sshpe.synth import generate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=200, help="images to render (all in the train split)")
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"), help="image size, px")
+    parser.add_argument("--workers", type=int, default=0, help="rendering processes (0 = in process)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        summary = generate(Path(tmp), num_train=args.num, num_val=0, image_size=tuple(args.size),
+                           workers=args.workers, progress=False)  # fmt: skip
+        total = time.perf_counter() - start
+    print(
+        f"sshpe synth: {args.num} images {args.size[0]}x{args.size[1]}, workers={args.workers}: "
+        f"{summary['images_per_s']:.1f} images/s rendering+JPEG, {args.num / total:.1f} images/s end to end "
+        f"({summary['persons']['train']} persons)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The `sshpe` command: parse, load the recipe, call one library function (STYLE: the CLI stays thin).
+
+Imports of heavy modules happen inside commands so `sshpe --help` is instant and cannot break.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semi-supervised human pose estimation trainer.")
+recipe_app = typer.Typer(no_args_is_help=True, help="Validate, show and describe recipes.")
+model_app = typer.Typer(no_args_is_help=True, help="Inspect model architectures.")
+augment_app = typer.Typer(no_args_is_help=True, help="See what a recipe's augmentation paths do.")
+app.add_typer(recipe_app, name="recipe")
+app.add_typer(model_app, name="model")
+app.add_typer(augment_app, name="augment")
+console = Console()
+err_console = Console(stderr=True)
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe field: section.field=value")]
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """Errors a user can fix are printed without a traceback."""
+    from sshpe.distributed import EngineError
+    from sshpe.recipe import RecipeError
+
+    return (RecipeError, EngineError, FileNotFoundError, ValueError)
+
+
+def _load(recipe: Path, overrides: list[str] | None):
+    from sshpe.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        _fail(f"--input-size {text!r}: write HEIGHTxWIDTH, e.g. 256x192")
+    return h, w
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="output folder (COCO layout)")],
+    train: Annotated[int, typer.Option(help="training images")] = 2000,
+    val: Annotated[int, typer.Option(help="validation images")] = 300,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 0,
+    workers: Annotated[int, typer.Option(help="parallel processes")] = 2,
+) -> None:
+    """Generate the built-in synthetic COCO-format person-keypoint dataset."""
+    from sshpe.synth import generate
+
+    try:
+        summary = generate(out, num_train=train, num_val=val, seed=seed, workers=workers)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(f"wrote {out}: {summary}")
+
+
+@app.command()
+def shard(
+    source: Annotated[Path, typer.Argument(help="dataset root (synthetic or COCO 2017 layout)")],
+    out: Annotated[Path, typer.Argument(help="shard folder (manifest.json + tars)")],
+    input_size: Annotated[str, typer.Option(help="model input HEIGHTxWIDTH the canvases serve")] = "256x192",
+    labeled: Annotated[Optional[int], typer.Option(help="first N valid train instances are labeled")] = None,
+    unlabeled: Annotated[bool, typer.Option(help="write the unlabeled split")] = True,
+    name: Annotated[Optional[str], typer.Option(help="dataset name in keys/file names")] = None,
+    schema: Annotated[str, typer.Option(help="keypoint schema")] = "coco17",
+    train_ann: Annotated[Optional[Path], typer.Option(help="override: train keypoint annotations")] = None,
+    train_images: Annotated[Optional[Path], typer.Option(help="override: train images folder")] = None,
+    val_ann: Annotated[Optional[Path], typer.Option(help="override: val keypoint annotations")] = None,
+    val_images: Annotated[Optional[Path], typer.Option(help="override: val images folder")] = None,
+    val_dets: Annotated[Optional[Path], typer.Option(help="val person detections (COCO results JSON)")] = None,
+    unlabeled_info: Annotated[Optional[Path], typer.Option(help="image-info JSON of unlabeled images")] = None,
+    unlabeled_images: Annotated[Optional[Path], typer.Option(help="unlabeled images folder")] = None,
+    unlabeled_dets: Annotated[Optional[Path], typer.Option(help="person detections on unlabeled images")] = None,
+    shard_size: Annotated[int, typer.Option(help="samples per tar")] = 1000,
+    workers: Annotated[int, typer.Option(help="parallel encoding processes")] = 2,
+) -> None:
+    """Write WebDataset shards of person canvases (labeled, unlabeled, val[, val_det]) and a manifest."""
+    from sshpe.data.prepare import SourceFiles, find_sources, shard_dataset, with_overrides
+
+    try:
+        if train_ann is not None and train_images is not None:
+            src = SourceFiles(train_ann=train_ann, train_images=train_images)
+        else:
+            src = find_sources(source)
+        src = with_overrides(
+            src, train_ann=train_ann, train_images=train_images, val_ann=val_ann, val_images=val_images,
+            val_dets=val_dets, unlabeled_info=unlabeled_info, unlabeled_images=unlabeled_images,
+            unlabeled_dets=unlabeled_dets,
+        )  # fmt: skip
+        splits = shard_dataset(
+            src, out, dataset=name or source.resolve().name.replace(".", "_").replace("-", "_"),
+            input_hw=_hw(input_size), schema_name=schema, labeled=labeled, unlabeled=unlabeled,
+            shard_size=shard_size, workers=workers,
+        )  # fmt: skip
+    except _user_errors() as e:
+        _fail(str(e))
+    for split, entry in splits.items():
+        console.print(f"{split}: {entry['count']} samples in {len(entry['shards'])} shard(s)")
+    console.print(f"manifest: {out / 'manifest.json'}")
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<recipe name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest complete checkpoint in the run folder")] = True,
+    resume_from: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint folder")] = None,
+) -> None:
+    """Train a recipe (works unchanged under `accelerate launch` / `torchrun`); prints the final AP table."""
+    from sshpe.evaluate import stats_table
+    from sshpe.loop import fit
+
+    try:
+        r = _load(recipe, set_)
+        stats = fit(r, out or Path("runs") / r.name, resume=resume_from if resume_from else resume)
+    except _user_errors() as e:
+        _fail(str(e))
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(stats_table(stats, f"{r.name}: COCO keypoint eval ({r.data.val_split})"))
+        console.print(f"model: {(out or Path('runs') / r.name) / 'final' / 'model.safetensors'}")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="exported model.safetensors or a run folder")],
+    recipe: Annotated[Optional[Path], typer.Option(help="recipe (default: the run folder's recipe.yaml)")] = None,
+    set_: SetOpt = None,
+    split: Annotated[Optional[str], typer.Option(help="manifest split to evaluate (default data.val_split)")] = None,
+    results: Annotated[Optional[Path], typer.Option(help="write official-format results JSON here")] = None,
+) -> None:
+    """COCO keypoint AP of a model on validation shards (pycocotools), with the reference's post-processing."""
+    from sshpe.evaluate import stats_table
+    from sshpe.runner import evaluate_model
+
+    try:
+        stats, used = evaluate_model(model, recipe, set_ or [], split, results)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(stats_table(stats, f"{used}"))
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out: Annotated[Optional[Path], typer.Option(help="output .safetensors (default RUN/export/model.safetensors)")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default: latest complete)")] = None,
+    network: Annotated[str, typer.Option(help="student | teacher | student_b")] = "auto",
+) -> None:
+    """Write a checkpoint's network as model.safetensors with metadata."""
+    from sshpe.runner import export_run
+
+    try:
+        path = export_run(run, out, checkpoint, network)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="exported model.safetensors")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path, typer.Option(help="output folder for keypoints.json and overlays")] = Path("predictions"),
+    boxes: Annotated[Optional[Path], typer.Option(help="COCO detection JSON (file_name or image_id keyed)")] = None,
+    overlay: Annotated[bool, typer.Option(help="also write images with the skeleton drawn")] = True,
+) -> None:
+    """Run a model on images (whole image as the person box unless --boxes is given)."""
+    from sshpe.runner import predict_images
+
+    try:
+        path = predict_images(model, images, out, boxes, overlay)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(f"wrote {path}")
+
+
+@recipe_app.command("check")
+def recipe_check(recipes: Annotated[list[Path], typer.Argument(help="recipe files")], set_: SetOpt = None) -> None:
+    """Validate recipes; every problem is listed at once."""
+    bad = 0
+    for path in recipes:
+        try:
+            _load(path, set_)
+            console.print(f"[green]ok[/] {path}")
+        except _user_errors() as e:
+            bad += 1
+            err_console.print(str(e), highlight=False, soft_wrap=True)
+    if bad:
+        raise typer.Exit(2)
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: Annotated[Path, typer.Argument()], set_: SetOpt = None) -> None:
+    """Print the resolved recipe (defaults filled in, overrides applied)."""
+    from sshpe.recipe import dump_recipe
+
+    try:
+        console.print(dump_recipe(_load(recipe, set_)), highlight=False, soft_wrap=True)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+@recipe_app.command("schema")
+def recipe_schema() -> None:
+    """JSON Schema of recipes (for editor completion and validation)."""
+    import json
+
+    from sshpe.recipe import Recipe
+
+    sys.stdout.write(json.dumps(Recipe.model_json_schema(by_alias=True), indent=2) + "\n")
+
+
+@model_app.command("info")
+def model_info(
+    target: Annotated[str, typer.Argument(help="recipe YAML or architecture name")],
+    input_size: Annotated[str, typer.Option(help="input HEIGHTxWIDTH when TARGET is a name")] = "256x192",
+    joints: Annotated[int, typer.Option(help="keypoints when TARGET is a name")] = 17,
+) -> None:
+    """Parameters, MACs, HRNet-convention GFLOPs, stride and per-stage feature shapes."""
+    from sshpe.models import build_model
+    from sshpe.models.info import format_info, model_info as info
+
+    try:
+        if target.endswith((".yaml", ".yml")):
+            r = _load(Path(target), [])
+            m = r.model
+            net = build_model(m.arch, r.schema.num_joints, head_channels=tuple(m.head_channels), head_kernel=m.head_kernel)
+            hw = tuple(r.data.input_size)
+        else:
+            net, hw = build_model(target, joints), _hw(input_size)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(format_info(info(net, hw)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""COCO-format person instances: the reference's instance protocol (SSHPE_REFERENCE §1.2, §1.3.2-3).
+
+Turns a keypoint annotation file (or an image-info file plus a detection results file) into `Instance`s, one per
+person box, in the reference's order. Nothing here reads pixels; `shard_writer` does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from sshpe import geometry
+
+InstanceKind = Literal["labeled", "unlabeled", "val"]
+PERSON_CATEGORY = 1
+_IMAGE_KEYS = ("id", "file_name", "width", "height")
+_ANN_KEYS = ("id", "image_id", "category_id", "bbox", "iscrowd", "area")
+_DET_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One person box of one image.
+
+    Attributes:
+        image_id: COCO image id.
+        ann_id: COCO annotation id, or -1 for a detection box.
+        file_name: image file name relative to the images directory.
+        image_path: full path of the image.
+        image_size: (W, H) of the image in px.
+        bbox: (x, y, w, h) in image px: the cleaned GT box, or the raw detection box.
+        score: box score (1.0 for GT boxes).
+        center: (2,) float64 box centre in image px.
+        scale: (2,) float64 padded box size in units of 200 image px (`geometry.box_to_center_scale`).
+        keypoints: (K, 3) float64 (x, y, v) in image px with COCO visibility v; zeros when unlabeled.
+        num_keypoints: number of joints with v > 0.
+        area: annotation area in image px^2 (w * h for detection boxes).
+    """
+
+    image_id: int
+    ann_id: int
+    file_name: str
+    image_path: Path
+    image_size: tuple[int, int]
+    bbox: tuple[float, float, float, float]
+    score: float
+    center: np.ndarray
+    scale: np.ndarray
+    keypoints: np.ndarray
+    num_keypoints: int
+    area: float
+
+
+def _read_json(path: Path, what: str) -> object:
+    """Parse a JSON file, raising errors that name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path (COCO: annotations/*.json)")
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON ({err}); re-download or regenerate it") from err
+
+
+def _require(entry: object, keys: tuple[str, ...], path: Path, where: str) -> dict:
+    """Check that `entry` is a dict holding every key; the error names the file, the entry and the key."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: {where} is a {type(entry).__name__}, expected a JSON object")
+    for key in keys:
+        if key not in entry:
+            raise ValueError(f"{path}: {where} has no {key!r} key; every entry needs {list(keys)}")
+    return entry
+
+
+def _load_images(data: object, ann_file: Path) -> list[dict]:
+    """The `images` array of a COCO file, validated."""
+    if not isinstance(data, dict) or "images" not in data:
+        raise ValueError(f"{ann_file}: no 'images' key; expected a COCO-format annotation or image-info file")
+    return [_require(img, _IMAGE_KEYS, ann_file, f"images[{i}]") for i, img in enumerate(data["images"])]
+
+
+def _check_keypoints(kpts: list, num_joints: int, path: Path, where: str) -> np.ndarray:
+    """COCO flat keypoint list -> (K, 3) float64; the error names the entry and both lengths."""
+    if len(kpts) != 3 * num_joints:
+        raise ValueError(
+            f"{path}: {where} has {len(kpts)} keypoint values, expected 3 * num_joints = {3 * num_joints}; "
+            "pick the keypoint schema that matches this dataset"
+        )
+    return np.asarray(kpts, dtype=np.float64).reshape(num_joints, 3)
+
+
+def _gt_instances(
+    data: dict, images: list[dict], ann_file: Path, images_dir: Path, kind: InstanceKind, aspect: float,
+    num_joints: int,
+) -> list[Instance]:
+    """Instances from GT boxes in the order of the `images` array (reference §1.2)."""
+    if "annotations" not in data:
+        raise ValueError(f"{ann_file}: no 'annotations' key; pass a keypoint annotation file or a det_file")
+    by_image: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+    for i, ann in enumerate(data["annotations"]):
+        ann = _require(ann, _ANN_KEYS, ann_file, f"annotations[{i}]")
+        by_image[ann["image_id"]].append((i, ann))
+    out = []
+    for img in images:
+        w_img, h_img = int(img["width"]), int(img["height"])
+        for i, ann in by_image[img["id"]]:
+            if ann["iscrowd"] or ann["category_id"] != PERSON_CATEGORY:
+                continue
+            _require(ann, ("keypoints",), ann_file, f"annotations[{i}] (a person)")
+            kpts = _check_keypoints(ann["keypoints"], num_joints, ann_file, f"annotations[{i}]")
+            if kpts.max() <= 0:
+                continue
+            box = geometry.clean_box(tuple(float(v) for v in ann["bbox"][:4]), w_img, h_img)
+            if box is None or float(ann["area"]) <= 0:  # the reference also requires the annotated area > 0
+                continue
+            if kind == "unlabeled":
+                kpts = np.zeros_like(kpts)
+            out.append(_make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect))
+    return out
+
+
+def _det_instances(
+    images: list[dict], det_file: Path, images_dir: Path, aspect: float, num_joints: int
+) -> list[Instance]:
+    """Instances from person detection boxes (raw, uncleaned, every score kept), in `images` order."""
+    dets = _read_json(det_file, "detection file")
+    if not isinstance(dets, list):
+        raise ValueError(f"{det_file}: expected a COCO detection results list [{{image_id, bbox, score, ...}}]")
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for i, det in enumerate(dets):
+        det = _require(det, _DET_KEYS, det_file, f"entry [{i}]")
+        x, y, w, h = (float(v) for v in det["bbox"][:4])
+        if det["category_id"] == PERSON_CATEGORY and w > 0 and h > 0:  # an empty box has no crop
+            by_image[det["image_id"]].append(det)
+    out = []
+    zeros = np.zeros((num_joints, 3), dtype=np.float64)
+    for img in images:
+        for det in by_image[img["id"]]:
+            box = tuple(float(v) for v in det["bbox"][:4])
+            out.append(_make_instance(img, images_dir, -1, box, float(det["score"]), zeros, box[2] * box[3], aspect))
+    return out
+
+
+def _make_instance(
+    img: dict, images_dir: Path, ann_id: int, box: tuple[float, ...], score: float, kpts: np.ndarray,
+    area: float, aspect: float,
+) -> Instance:
+    center, scale = geometry.box_to_center_scale(box, aspect)
+    return Instance(
+        image_id=int(img["id"]),
+        ann_id=ann_id,
+        file_name=str(img["file_name"]),
+        image_path=Path(images_dir) / str(img["file_name"]),
+        image_size=(int(img["width"]), int(img["height"])),
+        bbox=(box[0], box[1], box[2], box[3]),
+        score=score,
+        center=center,
+        scale=scale,
+        keypoints=kpts,
+        num_keypoints=int((kpts[:, 2] > 0).sum()),
+        area=area,
+    )
+
+
+def load_instances(
+    ann_file: Path,
+    images_dir: Path,
+    *,
+    kind: InstanceKind,
+    aspect: float,
+    num_joints: int,
+    limit: int | None = None,
+    det_file: Path | None = None,
+) -> list[Instance]:
+    """Person instances of a COCO-format split, in the reference's order.
+
+    GT mode: images in the order of the JSON `images` array; per image, in file order, the non-crowd category-1
+    annotations whose cleaned box is non-empty, whose `area` > 0 and with `max(keypoints) > 0`.
+    Detection mode (`det_file` given): the category-1 boxes of `det_file` for the images of `ann_file`, raw,
+    every score kept, `ann_id` -1; `ann_file` may then be an image-info file without `annotations`.
+
+    Args:
+        ann_file: COCO keypoint annotation file, or image-info file with `det_file`.
+        images_dir: directory that holds the images' `file_name`s.
+        kind: "unlabeled" zeroes keypoints; "labeled" and "val" keep them (image px, COCO v).
+        aspect: model input width / height; boxes are grown to it and padded 1.25x.
+        num_joints: K; every annotation must have 3 * K keypoint values.
+        limit: keep only the first `limit` instances (the reference's labeled subsets `db[:TRAIN_LEN]`).
+        det_file: COCO detection results JSON (list of {image_id, category_id, bbox, score}).
+
+    Returns:
+        The instances; never empty.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: invalid JSON, missing keys, wrong keypoint length, or no valid instance.
+    """
+    ann_file = Path(ann_file)
+    data = _read_json(ann_file, "annotation file")
+    images = _load_images(data, ann_file)
+    if det_file is not None:
+        instances = _det_instances(images, Path(det_file), Path(images_dir), aspect, num_joints)
+    else:
+        instances = _gt_instances(data, images, ann_file, Path(images_dir), kind, aspect, num_joints)
+    if limit is not None:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive or None, got {limit}")
+        instances = instances[:limit]
+    if not instances:
+        source = f"{det_file} for the images of {ann_file}" if det_file is not None else str(ann_file)
+        raise ValueError(
+            f"no valid person instances in {source} (kind={kind}); check the category ids (person = 1), "
+            "boxes and keypoints"
+        )
+    return instances

@@ -1,0 +1,333 @@
+"""`fit`: the one training loop. It owns every side effect; the math is `sshpe.step.train_step`.
+
+Read it top to bottom (big_vision style): set-up, resume, then one loop whose periodic work is gated by `itstime`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sshpe.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from sshpe.data.streams import make_train_loader, make_val_loader
+from sshpe.data.shard_writer import read_manifest
+from sshpe.distributed import build_accelerator, maybe_sync_batchnorm, sync_bn_buffers
+from sshpe.export import export_model
+from sshpe.nets import build_nets
+from sshpe.predict import batch_to_device, merge_instances, predict_instances, score_predictions
+from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
+from sshpe.step import train_step
+from sshpe.teachers import decay_at, ema_update, make_teacher
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the step window and the last good checkpoint."""
+
+
+def itstime(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Every recipe duration converted once to optimizer steps."""
+
+    steps_per_epoch: int
+    total: int
+    milestones: tuple[int, ...]
+    warmup: int
+    log_every: int
+    ckpt_every: int
+    eval_every: int
+    teacher_warmup: int
+
+
+def resolve_schedule(recipe: Recipe, manifest: dict, world_size: int) -> Schedule:
+    t = recipe.train
+    split = t.epoch_split
+    if split == "auto":
+        split = "unlabeled" if recipe.teacher.kind != "none" else "labeled"
+    name = recipe.data.unlabeled_split if split == "unlabeled" else recipe.data.labeled_split
+    count = manifest["splits"][name]["count"]
+    per_step = (t.unlabeled_batch_size or t.batch_size) if split == "unlabeled" else t.batch_size
+    spe = max(1, math.ceil(count / (per_step * world_size * t.grad_accum)))
+    conv = lambda v: parse_duration(v, spe)  # noqa: E731
+    tw = getattr(recipe.teacher, "warmup_steps", 0)
+    return Schedule(
+        steps_per_epoch=spe,
+        total=conv(t.duration),
+        milestones=tuple(conv(m) for m in recipe.optim.milestones),
+        warmup=conv(recipe.optim.warmup),
+        log_every=conv(t.log_every),
+        ckpt_every=conv(t.ckpt_every),
+        eval_every=conv(t.eval_every),
+        teacher_warmup=conv(tw),
+    )
+
+
+def lr_at(step: int, recipe: Recipe, sched: Schedule) -> float:
+    """MultiStepLR with optional linear warm-up, as a pure function of the step (so resume needs no state)."""
+    lr = recipe.optim.lr * recipe.optim.gamma ** sum(step >= m for m in sched.milestones)
+    if sched.warmup > 0 and step < sched.warmup:
+        lr *= (step + 1) / sched.warmup
+    return lr
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Augmentation seed of one step on one rank: a pure function, so resumed runs draw the same views."""
+    return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63 - 1)
+
+
+def check_data(recipe: Recipe, manifest: dict, shards: Path) -> None:
+    """Recipe vs shards: splits exist, aspect ratio and keypoint schema match."""
+    d = recipe.data
+    needed = [d.labeled_split, d.val_split] + ([d.unlabeled_split] if recipe.teacher.kind != "none" else [])
+    missing = [s for s in needed if s not in manifest["splits"]]
+    if missing:
+        raise RecipeError(
+            f"{shards}/manifest.json has no split(s) {missing} (has {sorted(manifest['splits'])}); "
+            "re-run `sshpe shard` with those splits or change data.*_split"
+        )
+    aspect = d.input_size[1] / d.input_size[0]
+    if abs(aspect - manifest["aspect"]) > 1e-6:
+        raise RecipeError(
+            f"data.input_size {list(d.input_size)} has aspect {aspect:.4f} but {shards} was sharded for aspect "
+            f"{manifest['aspect']:.4f} (input {manifest['input_size']}); re-shard with --input-size"
+        )
+    if manifest["schema"]["name"] != recipe.schema.name and recipe.schema.name != "union24":
+        raise RecipeError(
+            f"model.schema={recipe.schema.name!r} but {shards} holds {manifest['schema']['name']!r} keypoints"
+        )
+
+
+def _optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
+    o = recipe.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: Path | None) -> dict:
+    """Predict the val split on every rank (each sample once), gather, score on rank 0, broadcast the stats."""
+    from accelerate.utils import gather_object
+
+    shards = Path(recipe.data.shards)
+    loader = make_val_loader(
+        shards, recipe.data.val_split, batch_size=recipe.eval.batch_size, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, num_workers=min(recipe.data.num_workers, 2),
+    )  # fmt: skip
+    local = predict_instances(net_fn, loader, recipe, accelerator.device)
+    instances = merge_instances(gather_object([local])) if accelerator.num_processes > 1 else local
+    stats = [None]
+    if accelerator.is_main_process:
+        gt = Path(manifest["sources"]["val_annotations"]["path"])
+        stats = [score_predictions(instances, recipe, gt, out_dir / "results.json" if out_dir else None)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(stats)
+    return stats[0]
+
+
+def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
+    """Train a recipe into `run_dir`; returns the final evaluation stats.
+
+    Args:
+        resume: True picks the latest complete checkpoint in run_dir (if any), a Path resumes from that
+            checkpoint, False starts fresh (refusing to overwrite a run folder that has checkpoints).
+    """
+    # ------------------------------------------------------------------ set-up
+    accelerator = build_accelerator(recipe)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    run_dir = Path(run_dir)
+    ckpt_root = run_dir / "checkpoints"
+    shards = Path(recipe.data.shards)
+    manifest = read_manifest(shards)
+    check_data(recipe, manifest, shards)
+    sched = resolve_schedule(recipe, manifest, world)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+
+    torch.manual_seed(recipe.seed)  # identical initial weights on every rank
+    nets = maybe_sync_batchnorm(build_nets(recipe), recipe, accelerator)
+    if recipe.model.channels_last:
+        nets = nets.to(memory_format=torch.channels_last)
+    teacher = make_teacher(nets).to(accelerator.device) if recipe.teacher.kind in ("ema", "eman") else None
+    _set_modes(nets, teacher, recipe)
+    optimizer = _optimizer(recipe, nets.parameters())
+    student, optimizer = accelerator.prepare(nets, optimizer)
+    raw = accelerator.unwrap_model(student)
+
+    # ------------------------------------------------------------------ resume
+    start = 0
+    ckpt = resume if isinstance(resume, Path) else (latest_checkpoint(ckpt_root) if resume else None)
+    if resume is False and latest_checkpoint(ckpt_root) is not None:
+        raise RecipeError(f"{run_dir} already has checkpoints; pass --resume or choose another --out")
+    if ckpt is not None:
+        start = load_checkpoint(accelerator, Path(ckpt), teacher)
+        accelerator.print(f"resumed from {ckpt} at step {start}")
+    last_ckpt = ckpt
+
+    t = recipe.train
+    ub = t.unlabeled_batch_size or t.batch_size
+    semi = recipe.teacher.kind != "none"
+    lab_it = iter(make_train_loader(
+        shards, recipe.data.labeled_split, batch_size=t.batch_size, seed=recipe.seed, rank=rank, world_size=world,
+        num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum,
+    ))  # fmt: skip
+    unl_it = iter(make_train_loader(
+        shards, recipe.data.unlabeled_split, batch_size=ub, seed=recipe.seed + 1, rank=rank, world_size=world,
+        num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum,
+    )) if semi else None  # fmt: skip
+
+    metrics_path = run_dir / "metrics.jsonl"
+    progress = _progress(accelerator, t.progress, sched.total, start)
+    gen = torch.Generator(device=accelerator.device)
+    last_log_step, window_t0, data_wait, seen = start, time.perf_counter(), 0.0, 0
+    stats: dict = {}
+
+    # ------------------------------------------------------------------ loop
+    for step in range(start, sched.total):
+        lr = lr_at(step, recipe, sched)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(t.grad_accum):
+            gen.manual_seed(step_seed(recipe.seed, rank, step * t.grad_accum + micro))
+            t0 = time.perf_counter()
+            batch_l = batch_to_device(next(lab_it), accelerator.device)
+            batch_u = batch_to_device(next(unl_it), accelerator.device) if semi else None
+            data_wait += time.perf_counter() - t0
+            with accelerator.accumulate(student), accelerator.autocast():
+                out = train_step(student, teacher, batch_l, batch_u, recipe, gen)
+                if not torch.isfinite(out["loss"]):
+                    raise TrainingDiverged(
+                        f"non-finite loss {out['loss'].item()} at step {step} (last logged finite loss at step "
+                        f"{last_log_step}); last good checkpoint: {last_ckpt or 'none'}. Lower optim.lr, set "
+                        "optim.grad_clip, or check the data of this window"
+                    )
+                accelerator.backward(out["loss"])
+                if recipe.optim.grad_clip and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(student.parameters(), recipe.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += batch_l["canvas"].shape[0] + (batch_u["canvas"].shape[0] if semi else 0)
+        step1 = step + 1
+
+        if teacher is not None:
+            tc = recipe.teacher
+            if tc.kind == "eman":
+                sync_bn_buffers(raw, accelerator)
+            m = decay_at(step, base=tc.decay, warmup_steps=sched.teacher_warmup, start=tc.warmup_start, schedule=tc.schedule)
+            ema_update(teacher, raw, m, include_buffers=tc.kind == "eman")
+
+        if itstime(step1, sched.log_every) or step1 == sched.total:
+            dt = time.perf_counter() - window_t0
+            rec = {"step": step1, "epoch": round(step1 / sched.steps_per_epoch, 4), "lr": lr}
+            rec |= {f"train/{k}": float(v.detach()) for k, v in out.items()}
+            rec |= {"perf/samples_per_s": seen * world / max(dt, 1e-9), "perf/data_wait": data_wait / max(dt, 1e-9)}
+            _log(accelerator, metrics_path, rec)
+            progress.update(step1, rec)
+            last_log_step, window_t0, data_wait, seen = step1, time.perf_counter(), 0.0, 0
+
+        if itstime(step1, sched.ckpt_every) and step1 != sched.total:
+            sync_bn_buffers(raw, accelerator)
+            last_ckpt = save_checkpoint(accelerator, ckpt_root, step1, teacher, t.keep_last)
+
+        if itstime(step1, sched.eval_every) and step1 != sched.total:
+            stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics_path, step1)
+            _set_modes(raw, teacher, recipe)
+        progress.advance(step1)
+
+    # ------------------------------------------------------------------ final
+    progress.close()
+    sync_bn_buffers(raw, accelerator)
+    if sched.total > start:
+        save_checkpoint(accelerator, ckpt_root, sched.total, teacher, t.keep_last)
+    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics_path, sched.total)
+    if accelerator.is_main_process:
+        net, name = eval_network(recipe, raw, teacher)
+        export_model(net, run_dir / "final" / "model.safetensors", recipe, name)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return stats
+
+
+def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
+    """The single network that evaluation and export use: the EMA teacher, dual net a/b, or the student."""
+    tc = recipe.teacher
+    if teacher is not None and getattr(tc, "export", False):
+        return teacher.nets[0], "teacher"
+    if tc.kind == "dual" and tc.eval_net == "b":
+        return raw.nets[1], "student_b"
+    return raw.nets[0], "student" if tc.kind != "dual" else "student_a"
+
+
+def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics_path: Path, step: int) -> dict:
+    net, name = eval_network(recipe, raw, teacher)
+    if recipe.teacher.kind == "dual" and recipe.teacher.eval_net == "ensemble":
+        raw.eval()
+        fn = lambda x: 0.5 * (raw.nets[0](x) + raw.nets[1](x))  # noqa: E731
+    else:
+        net.eval()
+        fn = net
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    with accelerator.autocast():
+        stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
+    _log(accelerator, metrics_path, {"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()})
+    if accelerator.is_main_process:
+        (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def _set_modes(nets, teacher, recipe: Recipe) -> None:
+    """Students train with batch statistics; an EMAN teacher normalises with its EMA statistics (eval mode), a
+    mean teacher (`ema`) with batch statistics (train mode) (reference §6)."""
+    nets.train()
+    if teacher is not None:
+        teacher.train(recipe.teacher.kind == "ema")
+
+
+def _log(accelerator, path: Path, rec: dict) -> None:
+    if accelerator.is_main_process:
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+class _progress:
+    """Rich progress bar on rank 0 (loss, lr, samples/s, data-wait share); silent elsewhere or when disabled."""
+
+    def __init__(self, accelerator, enabled: bool, total: int, start: int):
+        self.bar = None
+        if enabled and accelerator.is_main_process:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, rec: dict) -> None:
+        if self.bar is not None:
+            info = (
+                f"loss {rec['train/loss']:.3g}  lr {rec['lr']:.2g}  {rec['perf/samples_per_s']:.0f} samples/s  "
+                f"data {100 * rec['perf/data_wait']:.0f}%"
+            )
+            self.bar.update(self.task, info=info)
+
+    def advance(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,498 @@
+"""Recipes: the strict, typed schema of a training run, loaded from YAML with CLI overrides.
+
+Validation happens once, here, at the edge (STYLE habit 2): every class is frozen with `extra="forbid"`, unions are
+discriminated on `kind`, and every problem in a file is reported at once with its field path and a fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sshpe.schema import SCHEMAS
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|epochs?|st|steps?)\s*$")
+
+
+class RecipeError(ValueError):
+    """A recipe problem a user can fix; the message names the file, the field and the fix."""
+
+
+class Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Duration = Annotated[
+    Union[int, str],
+    Field(description="a length in optimizer steps (`500`, `500st`) or epochs of the epoch split (`30ep`, `0.5ep`)"),
+]
+
+
+def _check_duration(v: int | str) -> int | str:
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError("a duration must be >= 0")
+        return v
+    if not _DURATION.match(v):
+        raise ValueError(f"{v!r} is not a duration; write steps as `500` or `500st`, epochs as `30ep`")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EasyAffineCfg(Cfg):
+    """The easy-view affine of every labeled and unlabeled crop (reference §1.3.4, "A30")."""
+
+    scale_factor: float = Field(0.25, ge=0, lt=1, description="scale ~ clip(1 + f*N(0,1), 1-f, 1+f)")
+    rot_factor: float = Field(30.0, ge=0, le=180, description="rotation ~ clip(r*N(0,1), -2r, 2r) degrees")
+    rot_prob: float = Field(0.6, ge=0, le=1, description="probability that a crop is rotated at all")
+    flip: bool = Field(True, description="horizontal flip with probability 0.5, swapping left/right joints")
+
+
+class DataCfg(Cfg):
+    shards: Path = Field(description="directory holding manifest.json and the WebDataset shards (`sshpe shard`)")
+    labeled_split: str = Field("labeled", description="manifest split used for supervised batches")
+    unlabeled_split: str | None = Field(
+        "unlabeled", description="manifest split used for unlabeled batches; null for supervised-only training"
+    )
+    val_split: str = Field("val", description="manifest split used for evaluation")
+    input_size: tuple[int, int] = Field((256, 192), description="model input (height, width) in pixels")
+    sigma: float = Field(2.0, gt=0, description="Gaussian target sigma in heatmap px (2 at 256x192, 3 at 384x288)")
+    color: Literal["rgb", "bgr"] = Field(
+        "rgb", description="channel order fed to the network; the reference code feeds BGR (reference §1.3.1)"
+    )
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (RGB order)")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (RGB order)")
+    joint_weights: bool = Field(False, description="use the schema's per-joint loss weights (HRNet option)")
+    easy: EasyAffineCfg = Field(default_factory=EasyAffineCfg, description="easy-view affine parameters")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank (they only decode JPEGs)")
+
+    @field_validator("input_size")
+    @classmethod
+    def _stride4(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] % 32 or v[1] % 32:
+            raise ValueError(f"input_size {list(v)} must be multiples of 32 (stride-32 backbones, stride-4 heatmaps)")
+        return v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ModelCfg(Cfg):
+    arch: str = Field(
+        "resnet18",
+        description="resnet18..resnet152 (SimpleBaseline), hrnet_w32/hrnet_w48 (pose HRNet), or any timm "
+        "features_only backbone name for the SimpleBaseline head",
+    )
+    pretrained: bool = Field(False, description="initialise the backbone from timm ImageNet weights (needs network)")
+    head_channels: tuple[int, ...] = Field((256, 256, 256), description="SimpleBaseline deconv widths, one per 2x")
+    head_kernel: Literal[2, 3, 4] = Field(4, description="SimpleBaseline deconv kernel size")
+    schema_name: Literal["coco17", "mpii16", "aic14", "union24"] = Field(
+        "coco17", alias="schema", description="keypoint schema: names, flip pairs, OKS sigmas; sets the head width"
+    )
+    channels_last: bool = Field(True, description="run convolutions in channels_last memory format")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# teachers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class NoTeacherCfg(Cfg):
+    """Supervised only: no unlabeled loss."""
+
+    kind: Literal["none"] = "none"
+
+
+class SingleTeacherCfg(Cfg):
+    """PoseCons: the live student in train mode teaches itself on the easy view (reference §2.5)."""
+
+    kind: Literal["single"] = "single"
+
+
+class DualTeacherCfg(Cfg):
+    """PoseDual: two students teach each other with crossed targets and crossed joint sources (reference §2.6)."""
+
+    kind: Literal["dual"] = "dual"
+    eval_net: Literal["a", "b", "ensemble"] = Field("a", description="network evaluated and exported by default")
+
+
+class EmaTeacherCfg(Cfg):
+    """Mean teacher (EMA of parameters; BN in train mode) or EMAN (EMA of parameters and BN statistics, BN in eval
+    mode; reference §6)."""
+
+    kind: Literal["ema", "eman"]
+    decay: float = Field(0.999, gt=0, lt=1, description="EMA decay m in t <- m*t + (1-m)*s (Pose-MUM: 0.6 for R18)")
+    warmup_steps: Duration = Field(0, description="ramp the decay from `warmup_start` to `decay` over this long")
+    warmup_start: float = Field(0.5, ge=0, lt=1, description="decay at step 0 when warming up (MUM: 0.5)")
+    schedule: Literal["const", "linear", "cosine"] = Field(
+        "const", description="const, MUM's linear ramp, or BYOL's cosine toward 1"
+    )
+    export: bool = Field(True, description="evaluate and export the teacher instead of the student")
+
+    _d = field_validator("warmup_steps")(_check_duration)
+
+
+class TripleTeacherCfg(Cfg):
+    """SSPCM: two cross-teaching nets plus a third trained on position-corrected ensembles (reference §7)."""
+
+    kind: Literal["triple"] = "triple"
+    score_threshold: float = Field(0.1, ge=0, description="mask joints whose mean teacher maxval is below this")
+
+
+TeacherCfg = Annotated[
+    Union[NoTeacherCfg, SingleTeacherCfg, DualTeacherCfg, EmaTeacherCfg, TripleTeacherCfg],
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# augmentation paths
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _JointBoxOp(Cfg):
+    jitter: float = Field(10.0, ge=0, description="std of the Gaussian jitter added to joint positions (input px)")
+    half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
+    half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
+
+
+class JointCutoutOp(_JointBoxOp):
+    """JC: zero boxes around `num` joints chosen with replacement (reference §2.3)."""
+
+    kind: Literal["joint_cutout"]
+    num: int = Field(5, ge=1, description="joints masked per image")
+
+
+class JointCutOcclusionOp(_JointBoxOp):
+    """JO: paste boxes cut around joints of another image onto joints of this one (reference §3.2)."""
+
+    kind: Literal["joint_cut_occlusion"]
+    num: int = Field(2, ge=1, description="patches pasted per image")
+
+
+class CutoutOp(Cfg):
+    """CO: zero random boxes (reference §3.2)."""
+
+    kind: Literal["cutout"]
+    holes: int = Field(5, ge=1, description="boxes per image")
+    half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
+    half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
+
+
+class CutmixOp(Cfg):
+    """CM: fill random boxes with the same region of another image of the batch (reference §3.2)."""
+
+    kind: Literal["cutmix"]
+    holes: int = Field(2, ge=1, description="boxes per image")
+    half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
+    half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
+
+
+class MixupOp(Cfg):
+    """MU: x <- l*x + (1-l)*x[perm], l = 1 - 0.25*Beta(a, a) once per batch; targets unmixed (reference §3.2)."""
+
+    kind: Literal["mixup"]
+    alpha: float = Field(0.2, gt=0, description="Beta distribution parameter")
+
+
+class RandAugmentOp(Cfg):
+    """RandAugment on the device (reference §2.4): `n` photometric ops at magnitude `magnitude` of 30."""
+
+    kind: Literal["randaugment"]
+    n: int = Field(2, ge=1, description="ops per image")
+    magnitude: float = Field(20.0, ge=0, le=30, description="magnitude on the 0-30 scale")
+
+
+OpCfg = Annotated[
+    Union[JointCutoutOp, JointCutOcclusionOp, CutoutOp, CutmixOp, MixupOp, RandAugmentOp],
+    Field(discriminator="kind"),
+]
+
+
+class PoseMumCfg(Cfg):
+    """Pose-MUM's extra feature-level mixing at intermediate encoder stages (reference §5.1)."""
+
+    candidates: tuple[str, ...] = Field(
+        ("layer1", "layer2", "layer3"), description="encoder stages after which an extra mix may happen"
+    )
+    prob: float = Field(0.5, ge=0, le=1, description="probability that each candidate stage mixes (per step)")
+
+
+class MumCfg(Cfg):
+    """MUM tile mixing of the hard view (reference §4, §5)."""
+
+    group: int = Field(4, ge=1, description="N_G: images per mixing group; must divide the unlabeled batch")
+    grid: tuple[int, int] = Field((4, 3), description="N_T,h x N_T,w tiles (4x3 gives 64x64 tiles at 256x192)")
+    unmix_after: str = Field("layer4", description="encoder stage after which features are unmixed")
+    pose_mum: PoseMumCfg | None = Field(None, description="Pose-MUM extra stochastic mixing; null for plain MUM")
+
+
+class AugmentCfg(Cfg):
+    hard_affine: bool = Field(True, description="apply the second (hard) affine to hard views and teacher targets")
+    paths: tuple[tuple[OpCfg, ...], ...] = Field(
+        ((),), description="hard-view paths; each is a list of ops applied in order; `[[]]` = affine only"
+    )
+    path_weights: tuple[float, ...] | None = Field(None, description="loss weight per path (default 1 each)")
+    repeat: int = Field(1, ge=1, description="independent draws of every path (MultiAugs repeat mode)")
+    unsup_weight: float = Field(1.0, ge=0, description="weight of the unsupervised loss (reference: 1, no ramp)")
+    mum: MumCfg | None = Field(None, description="MUM / Pose-MUM tile mixing of the hard views; null = off")
+    reference_quirks: bool = Field(
+        False, description="reproduce the reference code's augmentation bugs (docs/reference-parity.md)"
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> AugmentCfg:
+        if self.path_weights is not None and len(self.path_weights) != len(self.paths):
+            raise ValueError(f"path_weights has {len(self.path_weights)} entries for {len(self.paths)} paths")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# optimisation, loop, evaluation, distribution
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class OptimCfg(Cfg):
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="learning rate (never scaled with the world size, as the reference)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (the reference passes none to Adam)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    milestones: tuple[Duration, ...] = Field((), description="MultiStepLR milestones")
+    gamma: float = Field(0.1, gt=0, description="MultiStepLR factor")
+    warmup: Duration = Field(0, description="linear learning-rate warm-up (the reference has none)")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this; null = off")
+
+    _d = field_validator("warmup")(_check_duration)
+
+    @field_validator("milestones")
+    @classmethod
+    def _ms(cls, v: tuple) -> tuple:
+        return tuple(_check_duration(x) for x in v)
+
+
+class TrainCfg(Cfg):
+    batch_size: int = Field(32, ge=1, description="labeled samples per device per step")
+    unlabeled_batch_size: int | None = Field(None, ge=1, description="unlabeled samples per device (default: equal)")
+    duration: Duration = Field("30ep", description="training length")
+    epoch_split: Literal["auto", "labeled", "unlabeled"] = Field(
+        "auto", description="split whose size defines an epoch (auto: unlabeled when used, as the reference)"
+    )
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision for forwards")
+    log_every: Duration = Field(20, description="period of metric logging")
+    ckpt_every: Duration = Field("1ep", description="period of resumable checkpoints")
+    keep_last: int = Field(3, ge=1, description="resumable checkpoints kept")
+    eval_every: Duration = Field("1ep", description="period of evaluation; 0 = only at the end")
+    progress: bool = Field(True, description="show a rich progress bar")
+
+    _d = field_validator("duration", "log_every", "ckpt_every", "eval_every")(_check_duration)
+
+
+class EvalCfg(Cfg):
+    batch_size: int = Field(64, ge=1, description="crops per device per evaluation batch")
+    flip_test: bool = Field(False, description="average with the flipped prediction (reference semi tables: off)")
+    shift_heatmap: bool = Field(True, description="shift the flipped heatmap one column right (reference default)")
+    decode: Literal["shift", "dark"] = Field("shift", description="heatmap decoding")
+    in_vis_thr: float = Field(0.2, ge=0, le=1, description="keypoint score threshold for rescoring")
+    oks_nms_thr: float = Field(0.9, ge=0, le=1, description="OKS-NMS threshold (reference semi configs: 0.9)")
+
+
+class DistributedCfg(Cfg):
+    engine: Literal["ddp", "deepspeed"] = Field("ddp", description="DDP via accelerate, or DeepSpeed ZeRO-1/2")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (3 is refused with EMA teachers)")
+    sync_bn: Literal["auto", "on", "off"] = Field("auto", description="SyncBatchNorm: auto = on for multi-GPU CUDA")
+    cpu: bool = Field(False, description="force CPU even when a GPU is present")
+
+
+class Recipe(Cfg):
+    name: str = Field(description="run name; the run folder is runs/<name> unless --out is given")
+    seed: int = Field(0, description="global seed; ranks and workers derive their own from it")
+    data: DataCfg
+    model: ModelCfg = Field(default_factory=ModelCfg)
+    teacher: TeacherCfg = Field(default_factory=NoTeacherCfg, description="teacher kind and its parameters")
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    distributed: DistributedCfg = Field(default_factory=DistributedCfg)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Recipe:
+        semi = self.teacher.kind != "none"
+        if semi and self.data.unlabeled_split is None:
+            raise ValueError(f"teacher.kind={self.teacher.kind!r} needs data.unlabeled_split (got null)")
+        mum = self.augment.mum
+        if mum is not None:
+            ub = self.train.unlabeled_batch_size or self.train.batch_size
+            if ub % mum.group:
+                raise ValueError(
+                    f"augment.mum.group={mum.group} must divide the unlabeled batch size {ub} "
+                    "(train.unlabeled_batch_size or train.batch_size)"
+                )
+        if self.distributed.engine == "deepspeed" and self.distributed.zero_stage == 3 and self.teacher.kind in (
+            "ema",
+            "eman",
+        ):
+            raise ValueError("distributed.zero_stage=3 cannot hold an EMA/EMAN teacher (it needs whole parameters)")
+        return self
+
+    @property
+    def schema(self):
+        return SCHEMAS[self.model.schema_name]
+
+    def hash(self) -> str:
+        """Short content hash of the resolved recipe (goes into exported metadata)."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_duration(value: int | str, steps_per_epoch: int) -> int:
+    """Convert a validated duration to optimizer steps (epochs rounded up)."""
+    if isinstance(value, int):
+        return value
+    num, unit = _DURATION.match(value).groups()
+    if unit.startswith("ep"):
+        return int(math.ceil(float(num) * steps_per_epoch))
+    if "." in num:
+        raise RecipeError(f"{value!r}: steps must be whole numbers")
+    return int(num)
+
+
+def apply_overrides(raw: dict, overrides: list[str], origin: str) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to the raw dict before validation."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"{origin}: override {item!r} must look like `section.field=value`")
+        path, value = item.split("=", 1)
+        keys = path.strip().split(".")
+        node: Any = raw
+        for i, key in enumerate(keys[:-1]):
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            elif isinstance(node, dict):
+                node = node.setdefault(key, {})
+            else:
+                raise RecipeError(f"{origin}: override {item!r}: {'.'.join(keys[: i + 1])} is not a section")
+        last = keys[-1]
+        parsed = yaml.safe_load(value) if value.strip() else None
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = parsed
+        elif isinstance(node, dict):
+            node[last] = parsed
+        else:
+            raise RecipeError(f"{origin}: override {item!r}: {'.'.join(keys[:-1])} is not a section")
+    return raw
+
+
+def _unwrap(ann: Any) -> list[Any]:
+    """Flatten Annotated/Union/Optional/tuple annotations into the member types they can hold."""
+    args = getattr(ann, "__args__", None)
+    if getattr(ann, "__metadata__", None) is not None:  # Annotated[X, ...]
+        return _unwrap(ann.__origin__)
+    if args is None:
+        return [ann]
+    return [t for a in args if a is not Ellipsis and a is not type(None) for t in _unwrap(a)]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last element of an error location (for did-you-mean)."""
+    candidates: list[Any] = [Recipe]
+    for part in loc[:-1]:
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if isinstance(part, int):
+            continue  # list/tuple index: the member types are already the candidates
+        tagged = [m for m in models if "kind" in m.model_fields and part in _unwrap(m.model_fields["kind"].annotation)]
+        if tagged:
+            candidates = tagged
+            continue
+        nxt: list[Any] = []
+        for m in models:
+            fields = {f.alias or n: f for n, f in m.model_fields.items()} | dict(m.model_fields)
+            if part in fields:
+                nxt += _unwrap(fields[part].annotation)
+        candidates = nxt
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
+def _format_error(err: dict, origin: str) -> str:
+    shown = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _TAGS or p.startswith("function-"))))
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in shown).lstrip(".") or "<top>"
+    kind, msg, got, ctx = err["type"], err["msg"], err.get("input"), err.get("ctx", {})
+    if kind == "extra_forbidden":
+        owner = _model_at(err["loc"])
+        names = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
+        close = difflib.get_close_matches(str(shown[-1]), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{origin}: {where}: unknown field" + (f"; allowed: {names}" if names else "") + hint
+    if kind in ("literal_error", "union_tag_invalid"):
+        expected = re.findall(r"'([^']+)'", ctx.get("expected", "") or ctx.get("expected_tags", ""))
+        got = got if kind == "literal_error" else ctx.get("tag")
+        close = difflib.get_close_matches(str(got), expected, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        field = where + (".kind" if kind == "union_tag_invalid" else "")
+        return f"{origin}: {field}: {got!r} is not one of {expected}{hint}"
+    if kind == "union_tag_not_found":
+        return f"{origin}: {where}: needs a `kind` field"
+    if kind == "missing":
+        return f"{origin}: {where}: required field is missing"
+    return f"{origin}: {where}: {msg.removeprefix('Value error, ')} (got {got!r})"
+
+
+_TAGS = {"joint_cutout", "joint_cut_occlusion", "cutout", "cutmix", "mixup", "randaugment"} | {
+    "none", "single", "dual", "ema", "eman", "triple",
+}  # fmt: skip
+
+
+def validate_recipe(raw: Any, origin: str = "<recipe>") -> Recipe:
+    """Validate a raw dict; raises RecipeError listing every problem."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{origin}: a recipe is a YAML mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        lines = [_format_error(err, origin) for err in e.errors(include_url=False)]
+        raise RecipeError("\n".join(dict.fromkeys(lines))) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML, apply `--set` overrides to the raw mapping, then validate strictly.
+
+    Relative `data.shards` paths are resolved against the current working directory (as typed on the CLI).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if overrides:
+        raw = apply_overrides(raw, list(overrides), str(path))
+    return validate_recipe(raw, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (written into every run folder)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True), sort_keys=False)

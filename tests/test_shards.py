@@ -1,0 +1,269 @@
+"""COCO instance loading, shard writing and the manifest, on a tiny COCO-format dataset in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from _fixtures_coco import INPUT_HW, K, CocoFixture, make_coco, shard_fixture
+
+from sshpe import geometry
+from sshpe.data.coco import load_instances
+from sshpe.data.shard_writer import read_manifest, write_manifest, write_shards
+from sshpe.data.streams import ValDataset, index_shard, read_sample
+from sshpe.schema import COCO17
+
+ASPECT = INPUT_HW[1] / INPUT_HW[0]
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> CocoFixture:
+    return make_coco(tmp_path_factory.mktemp("coco"))
+
+
+def _load(fx: CocoFixture, **kw):
+    kw.setdefault("kind", "labeled")
+    return load_instances(fx.ann_file, fx.images_dir, aspect=ASPECT, num_joints=K, **kw)
+
+
+def _raw_anns(fx: CocoFixture) -> dict[int, dict]:
+    return {a["id"]: a for a in json.loads(fx.ann_file.read_text())["annotations"]}
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# load_instances
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_load_instances_picks_valid_in_image_order(fx):
+    inst = _load(fx)
+    assert [i.ann_id for i in inst] == fx.valid_ann_ids
+    raw = _raw_anns(fx)
+    for i in inst:
+        a = raw[i.ann_id]
+        w, h = i.image_size
+        assert i.bbox == geometry.clean_box(tuple(a["bbox"]), w, h)
+        center, scale = geometry.box_to_center_scale(i.bbox, ASPECT)
+        np.testing.assert_allclose(i.center, center)
+        np.testing.assert_allclose(i.scale, scale)
+        np.testing.assert_array_equal(i.keypoints, np.asarray(a["keypoints"], dtype=float).reshape(K, 3))
+        assert i.num_keypoints == a["num_keypoints"] and i.score == 1.0 and i.area == a["area"]
+        assert i.image_path == fx.images_dir / i.file_name
+    cleaned = next(i for i in inst if i.ann_id == 201)  # box started at x = -10
+    assert cleaned.bbox == (0.0, 30.0, 59.0, 99.0)
+
+
+def test_limit_takes_first_n_and_unlabeled_drops_keypoints(fx):
+    full = _load(fx)
+    assert [i.ann_id for i in _load(fx, limit=3)] == [i.ann_id for i in full[:3]]
+    unl = _load(fx, kind="unlabeled")
+    assert [i.ann_id for i in unl] == [i.ann_id for i in full]
+    assert all(not i.keypoints.any() and i.num_keypoints == 0 for i in unl)
+    assert [i.bbox for i in unl] == [i.bbox for i in full]
+
+
+@pytest.mark.parametrize("ann_file_attr", ["ann_file", "info_file"])
+def test_detections_are_raw_person_boxes_in_image_order(fx, ann_file_attr):
+    inst = load_instances(getattr(fx, ann_file_attr), fx.images_dir, kind="unlabeled", aspect=ASPECT,
+                          num_joints=K, det_file=fx.det_file)  # fmt: skip
+    assert [(i.image_id, i.bbox, i.score) for i in inst] == fx.det_boxes
+    assert all(i.ann_id == -1 and not i.keypoints.any() for i in inst)
+    center, scale = geometry.box_to_center_scale(fx.det_boxes[0][1], ASPECT)  # raw box, not cleaned
+    np.testing.assert_allclose(inst[0].center, center)
+    np.testing.assert_allclose(inst[0].scale, scale)
+
+
+def _edit_ann(fx: CocoFixture, tmp_path: Path, edit) -> Path:
+    data = json.loads(fx.ann_file.read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _drop_bbox(d: dict) -> None:
+    del d["annotations"][2]["bbox"]
+
+
+def _short_keypoints(d: dict) -> None:
+    next(a for a in d["annotations"] if a["id"] == 101)["keypoints"].pop()
+
+
+def _all_crowd(d: dict) -> None:
+    for a in d["annotations"]:
+        a["iscrowd"] = 1
+
+
+@pytest.mark.parametrize(
+    "edit, error, words",
+    [
+        (_drop_bbox, ValueError, ["annotations[2]", "'bbox'"]),
+        (_short_keypoints, ValueError, ["50 keypoint values", "51"]),
+        (_all_crowd, ValueError, ["no valid person instances", "kind=labeled"]),
+    ],
+)
+def test_bad_annotations_raise_clear_errors(fx, tmp_path, edit, error, words):
+    path = _edit_ann(fx, tmp_path, edit)
+    with pytest.raises(error) as info:
+        load_instances(path, fx.images_dir, kind="labeled", aspect=ASPECT, num_joints=K)
+    assert str(path) in str(info.value) and all(w in str(info.value) for w in words)
+
+
+def test_missing_and_invalid_files_raise(fx, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_instances(tmp_path / "nope.json", fx.images_dir, kind="val", aspect=ASPECT, num_joints=K)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        load_instances(bad, fx.images_dir, kind="val", aspect=ASPECT, num_joints=K)
+    with pytest.raises(ValueError, match="no 'annotations' key"):
+        load_instances(fx.info_file, fx.images_dir, kind="val", aspect=ASPECT, num_joints=K)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# write_shards / manifest
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_write_read_round_trip_preserves_records(fx, tmp_path):
+    out = tmp_path / "shards"
+    entry = shard_fixture(fx, out, shard_size=5, split="val")
+    manifest = read_manifest(out)
+    side = geometry.canvas_side(INPUT_HW)
+    assert manifest["canvas_side"] == side and manifest["input_size"] == list(INPUT_HW)
+    assert manifest["splits"]["val"] == entry and [s["count"] for s in entry["shards"]] == [5, 5, 2]
+    assert manifest["sources"]["val_annotations"]["path"] == str(fx.ann_file.resolve())
+    assert manifest["schema"] == COCO17.as_metadata()
+    for s in entry["shards"]:
+        assert hashlib.sha256((out / s["name"]).read_bytes()).hexdigest() == s["sha256"]
+        assert len(index_shard(out / s["name"])) == s["count"]
+
+    inst = _load(fx)
+    ds = ValDataset(out, "val")
+    assert len(ds) == manifest["splits"]["val"]["count"] == len(inst)
+    for i, sample in zip(inst, (ds[j] for j in range(len(ds)))):
+        rec = sample["record"]
+        c2i = geometry.canvas_to_image_matrix(i.center, i.scale, side)
+        assert rec["key"] == f"toy_{i.image_id:012d}_{i.ann_id:012d}"
+        assert (rec["dataset"], rec["split"], rec["image_id"], rec["ann_id"]) == ("toy", "val", i.image_id, i.ann_id)
+        assert rec["file_name"] == i.file_name and rec["image_size"] == list(i.image_size)
+        assert rec["bbox"] == list(i.bbox) and rec["score"] == i.score and rec["area"] == i.area
+        assert rec["center"] == list(i.center) and rec["scale"] == list(i.scale)
+        assert rec["canvas_to_image"] == c2i.tolist() and rec["num_keypoints"] == i.num_keypoints
+        kpts_canvas = np.asarray(rec["keypoints"])
+        vis = i.keypoints[:, 2] > 0
+        np.testing.assert_array_equal(kpts_canvas[:, 2], i.keypoints[:, 2])
+        back = kpts_canvas[vis, :2] @ c2i[:, :2].T + c2i[:, 2]  # canvas -> image recovers the labels
+        np.testing.assert_allclose(back, i.keypoints[vis, :2], atol=1e-9)
+        assert not kpts_canvas[~vis].any()
+        assert sample["canvas"].shape == (side, side, 3) and sample["canvas"].dtype == np.uint8
+
+
+def test_writes_are_reproducible_with_and_without_workers(fx, tmp_path):
+    inst = _load(fx, kind="unlabeled")
+    kw = dict(dataset="toy", split="unlabeled", input_hw=INPUT_HW, shard_size=4, progress=False)
+    a = write_shards(inst, tmp_path / "a", **kw)
+    b = write_shards(inst, tmp_path / "b", workers=2, **kw)
+    again = write_shards(inst, tmp_path / "a", **kw)
+    assert a == b == again and len(a["shards"]) == 3
+    assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
+
+
+def test_detection_keys_use_a_running_index_per_image(fx, tmp_path):
+    inst = load_instances(fx.info_file, fx.images_dir, kind="unlabeled", aspect=ASPECT, num_joints=K,
+                          det_file=fx.det_file)  # fmt: skip
+    entry = write_shards(inst, tmp_path, dataset="toy", split="wild", input_hw=INPUT_HW, progress=False)
+    locs = index_shard(tmp_path / entry["shards"][0]["name"])
+    assert [loc.key for loc in locs] == ["toy_000000000003_000000000000", "toy_000000000001_000000000000",
+                                         "toy_000000000001_000000000001"]  # fmt: skip
+    rec = read_sample(tmp_path / entry["shards"][0]["name"], locs[2])["record"]
+    assert rec["ann_id"] == -1 and rec["score"] == 0.3 and rec["bbox"] == [60.0, 20.0, 30.0, 60.0]
+
+
+def _break_last_image(fx: CocoFixture, inst, how: str, tmp_path: Path):
+    """Copy the instances with the last one pointing at a missing or corrupt image."""
+    from dataclasses import replace
+
+    bad = tmp_path / "bad.jpg"
+    if how == "corrupt":
+        bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    return inst[:-1] + [replace(inst[-1], image_path=bad)], bad
+
+
+@pytest.mark.parametrize("how, workers, error", [("missing", 0, FileNotFoundError), ("corrupt", 2, ValueError)])
+def test_failed_write_leaves_directory_untouched(fx, tmp_path, how, workers, error):
+    out = tmp_path / "shards"
+    shard_fixture(fx, out, shard_size=3)
+    before = _snapshot(out)
+    inst, bad = _break_last_image(fx, _load(fx), how, tmp_path)
+    with pytest.raises(error) as info:
+        write_shards(inst, out, dataset="toy", split="train", input_hw=INPUT_HW, shard_size=3, workers=workers,
+                     progress=False)  # fmt: skip
+    assert str(bad) in str(info.value) and f"annotation id {inst[-1].ann_id}" in str(info.value)
+    assert _snapshot(out) == before  # no temp files, old tars and manifest unchanged
+
+
+def test_manifest_merges_splits_and_guards_mismatches(fx, tmp_path):
+    shard_fixture(fx, tmp_path, shard_size=6, split="train")
+    shard_fixture(fx, tmp_path, shard_size=4, split="val")
+    manifest = read_manifest(tmp_path)
+    assert sorted(manifest["splits"]) == ["train", "val"]
+    assert sorted(manifest["sources"]) == ["train_annotations", "val_annotations"]
+    with pytest.raises(ValueError, match="canvas_side"):
+        write_shards(_load(fx), tmp_path, dataset="toy", split="x", input_hw=INPUT_HW, canvas=64, progress=False)
+    with pytest.raises(ValueError, match="val_annotations"):
+        write_manifest(tmp_path / "other", dataset="toy", schema=COCO17, input_hw=INPUT_HW, canvas=64,
+                       splits={"val": {"count": 0, "shards": []}}, sources={})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="run `sshpe shard` first"):
+        read_manifest(tmp_path / "other")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Canvas correctness (DESIGN decision 1): augmenting from the canvas equals augmenting from the image
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _chw(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].double()
+
+
+def test_crops_from_canvas_equal_crops_from_image(fx, tmp_path):
+    shard_fixture(fx, tmp_path, shard_size=20)
+    ds = ValDataset(tmp_path, "train")
+    side, (h_in, w_in) = geometry.canvas_side(INPUT_HW), INPUT_HW
+    for j in (0, 3, 7):
+        sample = ds[j]
+        rec = sample["record"]
+        img = cv2.cvtColor(cv2.imread(str(fx.images_dir / rec["file_name"])), cv2.COLOR_BGR2RGB)
+        c2i = torch.tensor([rec["canvas_to_image"]], dtype=torch.float64)
+        # The canvas without JPEG, to separate interpolation error from compression error.
+        exact = cv2.warpAffine(img, cv2.invertAffineTransform(c2i[0].numpy()), (side, side), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+        assert np.abs(exact.astype(float) - sample["canvas"]).mean() < 2.5  # JPEG q95 and RGB order
+        center, kpts_img = torch.tensor([rec["center"]], dtype=torch.float64), _load(fx)[j].keypoints
+        kpts_canvas = torch.tensor([rec["keypoints"]], dtype=torch.float64)[..., :2]
+        for f in (0.75, 1.0, 1.25):
+            for r in (-60.0, -20.0, 45.0, 60.0):
+                scale_x = torch.tensor([rec["scale"][0] * f], dtype=torch.float64)
+                img_to_crop = geometry.crop_matrix(center, scale_x, torch.tensor([r], dtype=torch.float64),
+                                                   (w_in, h_in))  # fmt: skip
+                canvas_to_crop = geometry.compose(img_to_crop, c2i)
+                ref = geometry.warp_images(_chw(img), img_to_crop, INPUT_HW)
+                assert (geometry.warp_images(_chw(exact), canvas_to_crop, INPUT_HW) - ref).abs().mean() < 3.0
+                assert (geometry.warp_images(_chw(sample["canvas"]), canvas_to_crop, INPUT_HW) - ref).abs().mean() < 5
+                # The whole crop window lies inside the canvas (the reachable region, not just the box).
+                ones = torch.ones(1, 1, side, side, dtype=torch.float64)
+                assert geometry.warp_images(ones, canvas_to_crop, INPUT_HW).min() > 0.999
+                vis = kpts_img[:, 2] > 0
+                via_img = geometry.apply_affine(img_to_crop, torch.from_numpy(kpts_img[None, :, :2]))
+                via_canvas = geometry.apply_affine(canvas_to_crop, kpts_canvas)
+                torch.testing.assert_close(via_canvas[:, vis], via_img[:, vis], atol=1e-9, rtol=0)
