@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from rich.table import Table
 
 from sshpe import geometry
@@ -213,7 +215,7 @@ def build_results(
     return results
 
 
-def write_results(path: Path, results: list[dict]) -> None:
+def write_results(path: Path | str, results: list[dict]) -> None:
     """Write a results list as JSON atomically (temp file in the same folder + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +234,9 @@ def write_results(path: Path, results: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def coco_keypoint_eval(gt_file: Path, results: list[dict], sigmas: np.ndarray | None = None) -> dict[str, float]:
+def coco_keypoint_eval(
+    gt_file: Path | str, results: list[dict], sigmas: np.ndarray | None = None
+) -> dict[str, float]:
     """Run pycocotools keypoint evaluation (maxDets 20, all/medium/large) and return the 10 standard stats.
 
     pycocotools' printed output is captured and logged at INFO level.
@@ -246,9 +250,6 @@ def coco_keypoint_eval(gt_file: Path, results: list[dict], sigmas: np.ndarray | 
         `{AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl}` as floats in [0, 1] (-1 where pycocotools finds
         no ground truth in an area range). All zeros, with a warning, for an empty results list.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     gt_file = Path(gt_file)
     if not gt_file.is_file():
         raise FileNotFoundError(
@@ -273,7 +274,7 @@ def coco_keypoint_eval(gt_file: Path, results: list[dict], sigmas: np.ndarray | 
     return {k: float(v) for k, v in zip(STAT_KEYS, coco_eval.stats)}
 
 
-def _check_results(coco_gt, results: list[dict], sigmas: np.ndarray, gt_file: Path) -> None:
+def _check_results(coco_gt: COCO, results: list[dict], sigmas: np.ndarray, gt_file: Path) -> None:
     """Raise clear errors for results that pycocotools would reject with a bare assert or a shape error."""
     unknown = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
     if unknown:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from rich.progress import track
 
 from sshpe.schema import COCO17
+from sshpe.synth_figures import FACINGS
 from sshpe.synth_scene import SceneKnobs, render_scene
 
 SPLITS = ("train", "val")
@@ -80,8 +82,6 @@ def _run(tasks: list[tuple], workers: int, progress: bool) -> list[dict]:
         pool, results = None, map(_render_task, tasks)
     try:
         if progress:
-            from rich.progress import track
-
             results = track(results, total=len(tasks), description="sshpe synth: rendering")
         return list(results)
     finally:
@@ -109,7 +109,29 @@ def _coco_dicts(records: list[dict], split: str, image_size: tuple[int, int], in
     return coco, dets
 
 
-def _check_args(num_train: int, num_val: int, image_size: tuple[int, int], workers: int, knobs: SceneKnobs) -> None:
+def _write_annotations(records: list[dict], ann_dir: Path, image_size: tuple[int, int], info: dict) -> dict:
+    """Write the detection and keypoint JSON files (atomically, val detections first, keypoint files last) and
+    return the summary counts and paths."""
+    summary: dict = {"images": {}, "persons": {}, "keypoints_labelled": {}, "facing": {}, "paths": {}}
+    for split in SPLITS:
+        coco, dets = _coco_dicts([r for r in records if r["split"] == split], split, image_size, info)
+        if split == "val":
+            det_path = ann_dir / "person_detections_val.json"
+            _write_atomic(det_path, json.dumps(dets, separators=(",", ":")).encode())
+            summary["paths"]["detections_val"] = str(det_path)
+        ann_path = ann_dir / f"person_keypoints_{split}.json"
+        _write_atomic(ann_path, json.dumps(coco, separators=(",", ":")).encode())
+        anns = coco["annotations"]
+        summary["paths"][split] = str(ann_path)
+        summary["images"][split] = len(coco["images"])
+        summary["persons"][split] = len(anns)
+        summary["keypoints_labelled"][split] = sum(a["num_keypoints"] for a in anns)
+        summary["facing"][split] = {f: sum(a["facing"] == f for a in anns) for f in FACINGS}
+    return summary
+
+
+def _check_args(num_train: int, num_val: int, image_size: tuple[int, ...], workers: int, knobs: SceneKnobs) -> None:
+    """Raise one ValueError listing every bad argument."""
     problems = []
     if num_train < 0 or num_val < 0:
         problems.append(f"num_train={num_train}, num_val={num_val}: counts must be >= 0")
@@ -172,7 +194,7 @@ def generate(
     """
     knobs = SceneKnobs(float(clutter), float(occluders), int(max_people), tuple(map(float, person_height)),
                        float(photometric))  # fmt: skip
-    image_size = (int(image_size[0]), int(image_size[1]))
+    image_size = tuple(int(v) for v in image_size)
     _check_args(num_train, num_val, image_size, workers, knobs)
     out_dir = Path(out_dir)
     dirs = _prepare_dirs(out_dir)
@@ -188,21 +210,7 @@ def generate(
     seconds = time.perf_counter() - start
     info = {"description": "sshpe synthetic persons", "seed": seed, "image_size": list(image_size),
             "knobs": {k: getattr(knobs, k) for k in knobs.__dataclass_fields__}}  # fmt: skip
-    summary: dict = {"images": {}, "persons": {}, "keypoints_labelled": {}, "facing": {}, "paths": {}}
-    for split in SPLITS:
-        coco, dets = _coco_dicts([r for r in records if r["split"] == split], split, image_size, info)
-        ann_path = dirs["annotations"] / f"person_keypoints_{split}.json"
-        if split == "val":
-            det_path = dirs["annotations"] / "person_detections_val.json"
-            _write_atomic(det_path, json.dumps(dets, separators=(",", ":")).encode())
-            summary["paths"]["detections_val"] = str(det_path)
-        _write_atomic(ann_path, json.dumps(coco, separators=(",", ":")).encode())
-        anns = coco["annotations"]
-        summary["paths"][split] = str(ann_path)
-        summary["images"][split] = len(coco["images"])
-        summary["persons"][split] = len(anns)
-        summary["keypoints_labelled"][split] = sum(a["num_keypoints"] for a in anns)
-        summary["facing"][split] = {f: sum(a["facing"] == f for a in anns) for f in ("front", "back", "left", "right")}
+    summary = _write_annotations(records, dirs["annotations"], image_size, info)
     summary["paths"]["images"] = str(out_dir / "images")
     summary["seconds"] = seconds
     summary["images_per_s"] = len(tasks) / max(seconds, 1e-9)

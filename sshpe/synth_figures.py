@@ -35,6 +35,13 @@ _SKIN = np.array([[60, 80, 110], [90, 130, 180], [120, 160, 210], [150, 190, 230
 _FACE_HIDE = {"nose": 0.45, "left_eye": 0.2, "right_eye": 0.2, "left_ear": 0.2, "right_ear": 0.2}
 _HAIR = np.array([[20, 20, 25], [30, 50, 80], [60, 110, 160], [150, 150, 150], [20, 40, 120]], float)
 
+Points = dict[str, np.ndarray]  # name -> (2,) image px or (3,) body units
+Depths = dict[str, float]  # name -> depth toward the camera, units of standing height
+Sizes = dict[str, float]
+Colours = dict[str, np.ndarray]  # name -> (3,) BGR
+Shape = tuple  # (kind, colour, *geometry in image px), see draw_shape
+Part = tuple[float, tuple[int, ...], list[Shape]]  # (depth, owned COCO joint indices, shapes)
+
 
 @dataclass
 class Figure:
@@ -54,7 +61,7 @@ class Figure:
     height_px: float
     kpts_img: np.ndarray
     face_hidden: np.ndarray
-    parts: list[tuple[float, tuple[int, ...], list[tuple]]] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
 
 
 def sample_pose(rng: np.random.Generator, kind: str) -> dict[str, np.ndarray]:
@@ -95,7 +102,7 @@ def _limb_dir(swing_deg: float, abd_deg: float, side: float) -> np.ndarray:
     return np.array([side * math.sin(a), math.cos(a) * math.cos(s), math.cos(a) * math.sin(s)])
 
 
-def pose_to_points(length: dict[str, float], pose: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def pose_to_points(length: Sizes, pose: dict[str, np.ndarray]) -> Points:
     """3D points of the body in units of standing height (x = person's left, y = down, z = forward).
 
     Returns named (3,) points: the 17 COCO joints by name plus neck, pelvis, head, hair, hand/toe ends.
@@ -127,7 +134,7 @@ def pose_to_points(length: dict[str, float], pose: dict[str, np.ndarray]) -> dic
     return pts
 
 
-def _colours(rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _colours(rng: np.random.Generator) -> Colours:
     """Per-person BGR colours: skin, hair, shirt, sleeves, trousers, shins, shoes, accessories."""
     skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3)
     shirt, pants = rng.uniform(20, 235, 3), rng.uniform(20, 200, 3)
@@ -174,50 +181,64 @@ def sample_figure(
     return Figure(facing, pose_kind, float(height_px), kpts, face_hidden, parts)
 
 
-def _face_hidden(dz: dict[str, float], name: str, head_r: float) -> bool:
+def _face_hidden(dz: Depths, name: str, head_r: float) -> bool:
     """Whether face point `name` is on the far side of the head (False for body joints)."""
     return name in _FACE_HIDE and dz[name] < dz["head"] - _FACE_HIDE[name] * head_r
 
 
-def _build_parts(rng, p2, dz, length, width, height_px, col) -> list[tuple[float, tuple[int, ...], list[tuple]]]:
+def _build_parts(
+    rng: np.random.Generator, p2: Points, dz: Depths, length: Sizes, width: Sizes, height_px: float, col: Colours
+) -> list[Part]:
     """Drawables (depth, owned COCO joint indices, shapes) sorted far to near; shapes carry BGR colours."""
-    parts: list[tuple[float, tuple[int, ...], list[tuple]]] = []
-    shade = {"left": rng.uniform(0.72, 0.88), "right": 1.0}  # the person's left limbs are darker
-    for side, o in (("left", 0), ("right", 1)):
-        j = {"sh": 5 + o, "el": 7 + o, "wr": 9 + o, "hip": 11 + o, "kn": 13 + o, "an": 15 + o}
-        s = shade[side]
-        p, d = (lambda k: p2[f"{side}_{k}"]), (lambda *ks: float(np.mean([dz[f"{side}_{k}"] for k in ks])))
-        wa, wf, wt, ws = width["upper_arm"] / 2, width["forearm"] / 2, width["thigh"] / 2, width["shin"] / 2
-        parts.append((d("shoulder", "elbow"), (j["sh"], j["el"]),
-                      [("capsule", col["shirt"] * s, p("shoulder"), p("elbow"), wa, wa * 0.85)]))
-        fore = [("capsule", col["forearm"] * s, p("elbow"), p("wrist"), wf, wf * 0.8)]
-        if side == "left" and rng.random() < 0.7:  # a watch: a side-specific cue
-            band = p("elbow") + 0.85 * (p("wrist") - p("elbow"))
-            fore.append(("circle", col["watch"], band, wf * 1.05))
-        parts.append((d("elbow", "wrist"), (j["el"], j["wr"]), fore))
-        parts.append((d("wrist", "hand") + 1e-3, (j["wr"],),
-                      [("capsule", col["skin"] * s, p("wrist"), p("hand"), width["hand"] / 2, width["hand"] / 2)]))
-        parts.append((d("hip", "knee") - 0.01, (j["hip"], j["kn"]),
-                      [("capsule", col["thigh"] * s, p("hip"), p("knee"), wt, wt * 0.8)]))
-        parts.append((d("knee", "ankle") - 0.01, (j["kn"], j["an"]),
-                      [("capsule", col["shin"] * s, p("knee"), p("ankle"), ws, ws * 0.75)]))
-        parts.append((d("ankle", "toe") - 0.005, (j["an"],),
-                      [("capsule", col["shoe"] * s, p("ankle"), p("toe"), ws * 0.8, ws * 0.6)]))
-    parts.append(_torso(rng, p2, dz, length, width, height_px, col))
-    parts.append(_head(p2, dz, length["head_r"], height_px, col))
+    parts = _limb_parts(rng, "left", rng.uniform(0.72, 0.88), p2, dz, width, col)  # the left limbs are darker
+    parts += _limb_parts(rng, "right", 1.0, p2, dz, width, col)
+    torso = _torso(rng, p2, dz, length, width, height_px, col)
+    head = _head(p2, dz, length["head_r"], height_px, col)
+    parts += [torso, (max(head[0], torso[0]) + 0.01, head[1], head[2])]  # the head is never behind the neck
     parts.sort(key=lambda part: part[0])
     return parts
 
 
-def _torso(rng, p2, dz, length, width, height_px, col) -> tuple[float, tuple[int, ...], list[tuple]]:
+def _limb_parts(
+    rng: np.random.Generator, side: str, shade: float, p2: Points, dz: Depths, width: Sizes, col: Colours
+) -> list[Part]:
+    """Upper arm, forearm (+ a watch on the left wrist), hand, thigh, shin and shoe of one side."""
+    o = 0 if side == "left" else 1
+    sh, el, wr, hip, kn, an = 5 + o, 7 + o, 9 + o, 11 + o, 13 + o, 15 + o
+    p = {k: p2[f"{side}_{k}"] for k in ("shoulder", "elbow", "wrist", "hand", "hip", "knee", "ankle", "toe")}
+    z = {k: dz[f"{side}_{k}"] for k in p}
+    wa, wf, wt, ws, wh = (width[k] / 2 for k in ("upper_arm", "forearm", "thigh", "shin", "hand"))
+    forearm = [("capsule", col["forearm"] * shade, p["elbow"], p["wrist"], wf, wf * 0.8)]
+    if side == "left" and rng.random() < 0.7:  # a watch: a side-specific cue
+        band = p["elbow"] + 0.85 * (p["wrist"] - p["elbow"])
+        forearm.append(("circle", col["watch"], band, wf * 1.05))
+    # Legs sit slightly behind arms at equal depth; the hand and foot are drawn over their limb.
+    return [
+        ((z["shoulder"] + z["elbow"]) / 2, (sh, el),
+         [("capsule", col["shirt"] * shade, p["shoulder"], p["elbow"], wa, wa * 0.85)]),
+        ((z["elbow"] + z["wrist"]) / 2, (el, wr), forearm),
+        ((z["wrist"] + z["hand"]) / 2 + 1e-3, (wr,),
+         [("capsule", col["skin"] * shade, p["wrist"], p["hand"], wh, wh)]),
+        ((z["hip"] + z["knee"]) / 2 - 0.01, (hip, kn),
+         [("capsule", col["thigh"] * shade, p["hip"], p["knee"], wt, wt * 0.8)]),
+        ((z["knee"] + z["ankle"]) / 2 - 0.01, (kn, an),
+         [("capsule", col["shin"] * shade, p["knee"], p["ankle"], ws, ws * 0.75)]),
+        ((z["ankle"] + z["toe"]) / 2 - 0.005, (an,),
+         [("capsule", col["shoe"] * shade, p["ankle"], p["toe"], ws * 0.8, ws * 0.6)]),
+    ]  # fmt: skip
+
+
+def _torso(
+    rng: np.random.Generator, p2: Points, dz: Depths, length: Sizes, width: Sizes, height_px: float, col: Colours
+) -> Part:
     """The torso polygon plus a capsule for its depth (visible in profile) and an optional bag strap."""
     quad = np.stack([p2["left_shoulder"], p2["right_shoulder"], p2["right_hip"], p2["left_hip"]])
     sin_yaw = min(1.0, abs(dz["left_hip"] - dz["right_hip"]) / length["hip_w"])
     side_w = length["torso_depth"] * height_px * sin_yaw  # the torso's depth, seen in profile
     mid_sh = (p2["left_shoulder"] + p2["right_shoulder"]) / 2
     mid_hip = (p2["left_hip"] + p2["right_hip"]) / 2
-    shapes: list[tuple] = [
-        ("capsule", col["shirt"], p2["neck"], p2["head"], width["neck"] / 2, width["neck"] / 2),
+    shapes: list[Shape] = [
+        ("capsule", col["skin"], p2["neck"], p2["head"], width["neck"] / 2, width["neck"] / 2),
         ("poly", col["shirt"], quad),
         ("capsule", col["shirt"], mid_sh, mid_hip, max(side_w / 2, 1.0), max(side_w / 2, 1.0)),
         ("capsule", col["thigh"], p2["left_hip"], p2["right_hip"], width["thigh"] / 2, width["thigh"] / 2),
@@ -231,7 +252,7 @@ def _torso(rng, p2, dz, length, width, height_px, col) -> tuple[float, tuple[int
     return (torso_z - 0.02, owned, shapes)
 
 
-def _head(p2, dz, head_r, height_px, col) -> tuple[float, tuple[int, ...], list[tuple]]:
+def _head(p2: Points, dz: Depths, head_r: float, height_px: float, col: Colours) -> Part:
     """Skin ellipse, hair ellipse (behind or in front by depth), ears, and eyes/nose on the visible side."""
     head, hair, r = p2["head"], p2["hair"], head_r * height_px
     skin = ("ellipse", col["skin"], head, (0.85 * r, r))

@@ -57,7 +57,8 @@ def render_background(ss: np.random.SeedSequence, image_size: tuple[int, int], c
     w, h = image_size
     c0, c1 = rng.uniform(0, 255, (2, 3))
     ang = rng.uniform(0, 2 * math.pi)
-    t = np.arange(w, dtype=np.float32)[None, :] * math.cos(ang) + np.arange(h, dtype=np.float32)[:, None] * math.sin(ang)
+    xs, ys = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
+    t = xs[None, :] * math.cos(ang) + ys[:, None] * math.sin(ang)
     t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
     img = c0.astype(np.float32) + (c1 - c0).astype(np.float32) * t[..., None]
     coarse = rng.standard_normal((h // 16 + 2, w // 16 + 2, 3), dtype=np.float32) * np.float32(rng.uniform(5, 30))

@@ -85,6 +85,14 @@ def _load_images(data: object, ann_file: Path) -> list[dict]:
     return [_require(img, _IMAGE_KEYS, ann_file, f"images[{i}]") for i, img in enumerate(data["images"])]
 
 
+def _box(entry: dict, path: Path, where: str) -> tuple[float, float, float, float]:
+    """The entry's `bbox` as four floats (x, y, w, h); the error names the entry."""
+    box = entry["bbox"]
+    if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+        raise ValueError(f"{path}: {where} has bbox {box!r}; expected [x, y, w, h] numbers in image px")
+    return (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
+
+
 def _check_keypoints(kpts: list, num_joints: int, path: Path, where: str) -> np.ndarray:
     """COCO flat keypoint list -> (K, 3) float64; the error names the entry and both lengths."""
     if len(kpts) != 3 * num_joints:
@@ -116,7 +124,7 @@ def _gt_instances(
             kpts = _check_keypoints(ann["keypoints"], num_joints, ann_file, f"annotations[{i}]")
             if kpts.max() <= 0:
                 continue
-            box = geometry.clean_box(tuple(float(v) for v in ann["bbox"][:4]), w_img, h_img)
+            box = geometry.clean_box(_box(ann, ann_file, f"annotations[{i}]"), w_img, h_img)
             if box is None or float(ann["area"]) <= 0:  # the reference also requires the annotated area > 0
                 continue
             if kind == "unlabeled":
@@ -132,17 +140,16 @@ def _det_instances(
     dets = _read_json(det_file, "detection file")
     if not isinstance(dets, list):
         raise ValueError(f"{det_file}: expected a COCO detection results list [{{image_id, bbox, score, ...}}]")
-    by_image: dict[int, list[dict]] = defaultdict(list)
+    by_image: dict[int, list[tuple[tuple[float, float, float, float], dict]]] = defaultdict(list)
     for i, det in enumerate(dets):
         det = _require(det, _DET_KEYS, det_file, f"entry [{i}]")
-        x, y, w, h = (float(v) for v in det["bbox"][:4])
-        if det["category_id"] == PERSON_CATEGORY and w > 0 and h > 0:  # an empty box has no crop
-            by_image[det["image_id"]].append(det)
+        box = _box(det, det_file, f"entry [{i}]")
+        if det["category_id"] == PERSON_CATEGORY and box[2] > 0 and box[3] > 0:  # an empty box has no crop
+            by_image[det["image_id"]].append((box, det))
     out = []
     zeros = np.zeros((num_joints, 3), dtype=np.float64)
     for img in images:
-        for det in by_image[img["id"]]:
-            box = tuple(float(v) for v in det["bbox"][:4])
+        for box, det in by_image[img["id"]]:
             out.append(_make_instance(img, images_dir, -1, box, float(det["score"]), zeros, box[2] * box[3], aspect))
     return out
 
@@ -201,6 +208,8 @@ def load_instances(
         FileNotFoundError: a file is missing.
         ValueError: invalid JSON, missing keys, wrong keypoint length, or no valid instance.
     """
+    if kind not in ("labeled", "unlabeled", "val"):
+        raise ValueError(f"kind must be 'labeled', 'unlabeled' or 'val', got {kind!r}")
     ann_file = Path(ann_file)
     data = _read_json(ann_file, "annotation file")
     images = _load_images(data, ann_file)

@@ -321,6 +321,7 @@ def write_manifest(
     }
     if "val" in manifest["splits"] and "val_annotations" not in manifest["sources"]:
         raise ValueError(f"{path}: a 'val' split needs sources['val_annotations'] (the GT file evaluation reads)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{MANIFEST_NAME}{_TMP_SUFFIX}"
     try:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -36,20 +36,25 @@ class SampleLoc:
     json: tuple[int, int]
 
 
-_INDEX_CACHE: dict[tuple[str, int, int], list[SampleLoc]] = {}
-_FDS: dict[tuple[int, str], int] = {}
+_INDEX_CACHE: dict[tuple, list[SampleLoc]] = {}
+_FDS: dict[str, tuple[tuple, int]] = {}  # path -> (file version incl. pid, open descriptor)
+
+
+def _version(path: Path) -> tuple:
+    """What identifies one written version of a shard file (rewrites replace the inode or the mtime)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"shard {path} does not exist; run `sshpe shard` again") from None
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def index_shard(path: Path) -> list[SampleLoc]:
     """Sample locations of a shard in tar order, from the tar headers; cached per process and file version."""
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"shard {path} does not exist; run `sshpe shard` again") from None
-    cache_key = (str(path), st.st_size, st.st_mtime_ns)
-    if cache_key in _INDEX_CACHE:
-        return _INDEX_CACHE[cache_key]
+    version = _version(path)
+    if version in _INDEX_CACHE:
+        return _INDEX_CACHE[version]
     members: dict[str, dict[str, tuple[int, int]]] = {}
     try:
         with tarfile.open(path, mode="r:") as tar:
@@ -63,17 +68,20 @@ def index_shard(path: Path) -> list[SampleLoc]:
         if "jpg" not in parts or "json" not in parts:
             raise ValueError(f"corrupt sample {key!r} in shard {path}: it lacks a jpg or json member")
         locs.append(SampleLoc(key, parts["jpg"], parts["json"]))
-    _INDEX_CACHE[cache_key] = locs
+    _INDEX_CACHE[version] = locs
     return locs
 
 
 def _read_bytes(path: Path, span: tuple[int, int]) -> bytes:
-    """`size` bytes at `offset` of a file, through a descriptor cached per process (pread: no shared seek)."""
-    fd_key = (os.getpid(), str(path))
-    if fd_key not in _FDS:
-        _FDS[fd_key] = os.open(path, os.O_RDONLY)
+    """`size` bytes at `offset` of a file, through a descriptor cached per process and file version (pread)."""
+    version = (os.getpid(), *_version(path))
+    cached = _FDS.get(str(path))
+    if cached is None or cached[0] != version:
+        if cached is not None and cached[0][0] == os.getpid():
+            os.close(cached[1])
+        _FDS[str(path)] = cached = (version, os.open(path, os.O_RDONLY))
     offset, size = span
-    return os.pread(_FDS[fd_key], size, offset)
+    return os.pread(cached[1], size, offset)
 
 
 def read_sample(path: Path, loc: SampleLoc) -> dict:
@@ -202,7 +210,9 @@ class TrainStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if batch_size <= 0 or start_batch < 0 or seed < 0:
-            raise ValueError(f"need batch_size > 0, start_batch >= 0, seed >= 0; got {batch_size}, {start_batch}, {seed}")
+            raise ValueError(
+                f"need batch_size > 0, start_batch >= 0, seed >= 0; got {batch_size}, {start_batch}, {seed}"
+            )
         self.reader = _SplitReader(manifest_dir, split)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batch_size, self.start_batch = batch_size, start_batch
