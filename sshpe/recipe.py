@@ -457,7 +457,8 @@ def _format_error(err: dict, origin: str) -> str:
         return f"{origin}: {where}: needs a `kind` field"
     if kind == "missing":
         return f"{origin}: {where}: required field is missing"
-    return f"{origin}: {where}: {msg.removeprefix('Value error, ')} (got {got!r})"
+    msg = msg.removeprefix("Value error, ")
+    return f"{origin}: {msg}" if not shown else f"{origin}: {where}: {msg} (got {got!r})"
 
 
 _TAGS = {"joint_cutout", "joint_cut_occlusion", "cutout", "cutmix", "mixup", "randaugment"} | {

@@ -53,6 +53,14 @@ def _mix_plan(recipe: Recipe, batch: int, generator: torch.Generator, device) ->
     return MixPlan(image_mask=mask(), stage_masks={s: mask() for s in stages}, unmix_after=mum.unmix_after)
 
 
+def _op_params(op, recipe: Recipe) -> dict:
+    """Keyword arguments of one augmentation op; RandAugment also needs the normalisation to undo."""
+    params = op.model_dump(exclude={"kind"})
+    if op.kind == "randaugment":
+        params |= {"mean": recipe.data.mean, "std": recipe.data.std}
+    return params
+
+
 def _teacher_of(kind: str, net: int) -> int:
     """Which teacher prediction teaches student network `net`: crossed for dual (reference §2.6)."""
     return 1 - net if kind == "dual" else net
@@ -116,7 +124,7 @@ def train_step(
 
     loss_unsup = vu.img.new_zeros(())
     for p, ops in enumerate(aug.paths):
-        op_list = [(op.kind, op.model_dump(exclude={"kind"})) for op in ops]
+        op_list = [(op.kind, _op_params(op, recipe)) for op in ops]
         for _ in range(aug.repeat):
             for i in range(num_nets):
                 src = _teacher_of(kind, i)

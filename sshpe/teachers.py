@@ -25,25 +25,32 @@ def make_teacher(student: nn.Module) -> nn.Module:
     return teacher.eval()
 
 
-def _paired_tensors(teacher: nn.Module, student: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor, bool]]:
-    """(name, teacher tensor, student tensor, is_parameter) for every parameter and buffer, names/shapes checked."""
+def _paired_tensors(teacher: nn.Module, student: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """(teacher tensor, student tensor, is_parameter) for every parameter and buffer; names and shapes checked.
+
+    Raises:
+        ValueError: listing every key present on one side only and every shape mismatch, all at once.
+    """
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     t_bufs, s_bufs = dict(teacher.named_buffers()), dict(student.named_buffers())
-    for kind, t_dict, s_dict in (("parameter", t_params, s_params), ("buffer", t_bufs, s_bufs)):
-        for key in sorted(set(t_dict) ^ set(s_dict)):
-            side = "teacher" if key in t_dict else "student"
-            raise ValueError(
-                f"ema_update: {kind} {key!r} exists only in the {side}; build the teacher with make_teacher(student) "
-                "from the unwrapped student (not a DDP/compiled wrapper)"
-            )
-        for key, t in t_dict.items():
-            if t.shape != s_dict[key].shape:
-                raise ValueError(
-                    f"ema_update: {kind} {key!r} has shape {tuple(t.shape)} in the teacher and "
+    problems = []
+    for kind, t_dict, s_dict in (("parameters", t_params, s_params), ("buffers", t_bufs, s_bufs)):
+        for side, mine, other in (("teacher", t_dict, s_dict), ("student", s_dict, t_dict)):
+            if only := sorted(set(mine) - set(other)):
+                problems.append(f"{kind} only in the {side}: {only}")
+        for key in sorted(set(t_dict) & set(s_dict)):
+            if t_dict[key].shape != s_dict[key].shape:
+                problems.append(
+                    f"{key!r} has shape {tuple(t_dict[key].shape)} in the teacher and "
                     f"{tuple(s_dict[key].shape)} in the student"
                 )
-    pairs = [(k, t, s_params[k], True) for k, t in t_params.items()]
-    return pairs + [(k, t, s_bufs[k], False) for k, t in t_bufs.items()]
+    if problems:
+        raise ValueError(
+            "ema_update: teacher and student differ: " + "; ".join(problems) + ". Build the teacher with "
+            "make_teacher(student) from the unwrapped student (not a DDP/compiled wrapper)."
+        )
+    pairs = [(t, s_params[k], True) for k, t in t_params.items()]
+    return pairs + [(t, s_bufs[k], False) for k, t in t_bufs.items()]
 
 
 @torch.no_grad()
@@ -62,7 +69,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float, *, include_
     Raises:
         ValueError: naming the offending key when names or shapes differ.
     """
-    for _, t, s, is_param in _paired_tensors(teacher, student):
+    for t, s, is_param in _paired_tensors(teacher, student):
         s = s.detach().to(device=t.device, dtype=t.dtype)
         if t.is_floating_point() and (is_param or include_buffers):
             t.lerp_(s, 1.0 - decay)

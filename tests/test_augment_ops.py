@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from sshpe.augment.ops import (
 )
 from sshpe.augment.randaugment import RA_OPS, rand_augment
 from sshpe.geometry import apply_affine
+from sshpe.recipe import OpCfg
 
 H, W = 256, 192
 
@@ -56,12 +58,26 @@ def test_ops_keys_are_the_recipe_op_kinds() -> None:
 def test_every_op_is_deterministic_per_seed_and_pure(kind: str, quirks: bool) -> None:
     img, joints = batch()
     before = img.clone()
-    run = lambda seed: apply_ops(img, [(kind, {})], joints=joints, generator=gen(seed), quirks=quirks)  # noqa: E731
+
+    def run(seed: int) -> torch.Tensor:
+        return apply_ops(img, [(kind, {})], joints=joints, generator=gen(seed), quirks=quirks)
+
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert torch.equal(img, before), "ops must not modify their input"
     assert a.shape == img.shape and a.dtype == img.dtype
+
+
+def test_ops_accept_every_recipe_op_config() -> None:
+    """`apply_ops` is fed `op.model_dump(exclude={"kind"})`: every recipe op's fields must be op keywords."""
+    img, joints = batch()
+    union = typing.get_args(typing.get_args(OpCfg)[0])
+    assert {cls.model_fields["kind"].annotation.__args__[0] for cls in union} == set(OPS)
+    for cls in union:
+        op = cls(kind=cls.model_fields["kind"].annotation.__args__[0])
+        out = apply_ops(img, [(op.kind, op.model_dump(exclude={"kind"}))], joints=joints, generator=gen(0))
+        assert out.shape == img.shape
 
 
 def test_apply_ops_rejects_unknown_kind_and_chains_in_order() -> None:

@@ -15,7 +15,12 @@ Features = torch.Tensor | list[torch.Tensor]
 
 
 def make_mix_mask(
-    batch: int, group: int, grid_hw: tuple[int, int], *, generator: torch.Generator, device=None
+    batch: int,
+    group: int,
+    grid_hw: tuple[int, int],
+    *,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Independent permutations of each group, per tile: argsort of uniform noise over the group axis.
 

@@ -28,16 +28,18 @@ class OpTrace(NamedTuple):
     lam: torch.Tensor | None = None
 
 
-def _randint(low: int, high: int, size: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+def _randint(
+    low: int, high: int, size: tuple[int, ...], generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Integers uniform in [low, high), drawn on the generator's device, moved to `device`."""
     return torch.randint(low, high, size, generator=generator, device=generator.device).to(device)
 
 
-def _randn(size: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+def _randn(size: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randn(size, generator=generator, device=generator.device, dtype=torch.float32).to(device)
 
 
-def _randperm(n: int, generator: torch.Generator, device) -> torch.Tensor:
+def _randperm(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.randperm(n, generator=generator, device=generator.device).to(device)
 
 
@@ -49,7 +51,9 @@ def _box_mask(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
 
 
-def _clip_boxes(x0, y0, x1, y1, h: int, w: int) -> torch.Tensor:
+def _clip_boxes(
+    x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
     """Stack box bounds (B, K) into (B, K, 4), clipped to the image so they state the written region."""
     x0, x1 = x0.clamp(0, w), x1.clamp(0, w)
     y0, y1 = y0.clamp(0, h), y1.clamp(0, h)
@@ -240,7 +244,15 @@ def _pick(per_joint: torch.Tensor, img_idx: torch.Tensor, joint_idx: torch.Tenso
     return per_joint[img_idx[:, None].expand_as(joint_idx), joint_idx]
 
 
-def _jo_geometry(centres, half, lim_col: int, lim_row: int, dst_j, src_j, src_img):
+def _jo_geometry(
+    centres: torch.Tensor,
+    half: torch.Tensor,
+    lim_col: int,
+    lim_row: int,
+    dst_j: torch.Tensor,
+    src_j: torch.Tensor,
+    src_img: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Destination boxes and source offsets of Joint Cut-Occlusion, per (image, patch), as the reference clips.
 
     Args:
@@ -269,6 +281,34 @@ def _jo_geometry(centres, half, lim_col: int, lim_row: int, dst_j, src_j, src_im
     boxes = torch.cat([d_lo, torch.maximum(d_lo, d_hi)], -1)
     boxes = torch.where(skip[..., None], torch.zeros_like(boxes), boxes)
     return boxes, s_start, ~skip & ~fill, fill
+
+
+def _composite_patches(
+    img: torch.Tensor, boxes: torch.Tensor, s_start: torch.Tensor, paste: torch.Tensor, fill: torch.Tensor,
+    src_img: torch.Tensor,
+) -> torch.Tensor:
+    """Write JO patches into a copy of `img` (B, C, H, W) at once; the last patch covering a pixel wins.
+
+    Args:
+        boxes: (B, K, 4) destination boxes; s_start: (B, K, 2) (col, row) of each source box's first pixel.
+        paste, fill: (B, K) copy the source pixels / write 0; src_img: (B,) source image per target.
+    """
+    b, c, h, w = img.shape
+    dev, k = img.device, boxes.shape[1]
+    order = torch.arange(1, k + 1, device=dev).view(1, k, 1, 1)
+    last = torch.where(_box_mask(boxes, h, w), order, 0).amax(1)  # (B, H, W), 0 = untouched
+    k_idx = (last - 1).clamp(min=0)
+    img_idx = torch.arange(b, device=dev).view(b, 1, 1)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    src_row = (rows - boxes[..., 1][img_idx, k_idx] + s_start[..., 1][img_idx, k_idx]).clamp(0, h - 1)
+    src_col = (cols - boxes[..., 0][img_idx, k_idx] + s_start[..., 0][img_idx, k_idx]).clamp(0, w - 1)
+    flat = (src_img.view(b, 1, 1) * h + src_row) * w + src_col
+    pasted = img.transpose(0, 1).reshape(c, -1)[:, flat.reshape(-1)].reshape(c, b, h, w).transpose(0, 1)
+    covered = last > 0
+    do_paste = (covered & paste[img_idx, k_idx]).unsqueeze(1)
+    do_fill = (covered & fill[img_idx, k_idx]).unsqueeze(1)
+    return torch.where(do_paste, pasted, img).masked_fill(do_fill, 0.0)
 
 
 def joint_cut_occlusion(
@@ -304,7 +344,7 @@ def joint_cut_occlusion(
         and the (B,) source image index).
     """
     joints = _check_joints(joints, img, "joint_cut_occlusion")
-    b, c, h, w = img.shape
+    b, _, h, w = img.shape
     n_joints, dev = joints.shape[1], img.device
     centres = _jittered_joints(joints, jitter, generator)
     half = _randint(half_min, half_max + 1, (b, n_joints, 2), generator, dev)
@@ -316,21 +356,7 @@ def joint_cut_occlusion(
     else:
         lim_col, lim_row = w, h
     boxes, s_start, paste, fill = _jo_geometry(centres, half, lim_col, lim_row, dst_j, src_j, src_img)
-    inside = _box_mask(boxes, h, w)  # (B, K, H, W); the last patch covering a pixel wins
-    order = torch.arange(1, num + 1, device=dev).view(1, num, 1, 1)
-    last = torch.where(inside, order, 0).amax(1)  # (B, H, W), 0 = untouched
-    k_idx = (last - 1).clamp(min=0)
-    rows_b = torch.arange(b, device=dev).view(b, 1, 1)
-    rows = torch.arange(h, device=dev).view(1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, w)
-    src_row = (rows - boxes[..., 1][rows_b, k_idx] + s_start[..., 1][rows_b, k_idx]).clamp(0, h - 1)
-    src_col = (cols - boxes[..., 0][rows_b, k_idx] + s_start[..., 0][rows_b, k_idx]).clamp(0, w - 1)
-    flat = (src_img.view(b, 1, 1) * h + src_row) * w + src_col
-    pasted = img.transpose(0, 1).reshape(c, -1)[:, flat.reshape(-1)].reshape(c, b, h, w).transpose(0, 1)
-    covered = last > 0
-    do_paste = (covered & paste[rows_b, k_idx]).unsqueeze(1)
-    do_fill = (covered & fill[rows_b, k_idx]).unsqueeze(1)
-    out = torch.where(do_paste, pasted, img).masked_fill(do_fill, 0.0)
+    out = _composite_patches(img, boxes, s_start, paste, fill, src_img)
     return (out, OpTrace(boxes=boxes, partner=src_img)) if return_trace else out
 
 

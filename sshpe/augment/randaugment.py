@@ -152,7 +152,7 @@ def randaugment_normalized(
     joints: torch.Tensor | None = None,
     generator: torch.Generator,
     quirks: bool = False,
-    num_ops: int = 2,
+    n: int = 2,
     magnitude: float = 20.0,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
@@ -162,6 +162,7 @@ def randaugment_normalized(
     Args:
         img: (B, 3, H, W) normalised as (x/255 − mean)/std.
         joints, quirks: ignored (uniform op signature).
+        n: ops per image (the recipe's `RandAugmentOp.n`); magnitude: m on the 0–30 scale.
         mean, std: the per-channel statistics the images were normalised with (0–1 units).
 
     Returns:
@@ -169,5 +170,5 @@ def randaugment_normalized(
     """
     m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
-    out = rand_augment((img * s + m) * 255.0, generator=generator, num_ops=num_ops, magnitude=magnitude)
+    out = rand_augment((img * s + m) * 255.0, generator=generator, num_ops=n, magnitude=magnitude)
     return (out / 255.0 - m) / s
