@@ -159,7 +159,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
     nets = maybe_sync_batchnorm(build_nets(recipe), recipe, accelerator)
     if recipe.model.channels_last:
         nets = nets.to(memory_format=torch.channels_last)
-    teacher = make_teacher(nets).to(accelerator.device) if recipe.teacher.kind in ("ema", "eman") else None
+    teacher = make_teacher(nets).to(accelerator.device) if recipe.teacher.kind in ("ema", "eman", "triple") else None
     _set_modes(nets, teacher, recipe)
     optimizer = _optimizer(recipe, nets.parameters())
     student, optimizer = accelerator.prepare(nets, optimizer)
@@ -220,7 +220,10 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
             seen += batch_l["canvas"].shape[0] + (batch_u["canvas"].shape[0] if semi else 0)
         step1 = step + 1
 
-        if teacher is not None:
+        if teacher is not None and recipe.teacher.kind == "triple":
+            if itstime(step1, sched.steps_per_epoch):  # SSPCM's last-epoch snapshot (reference §7)
+                teacher.load_state_dict(raw.state_dict())
+        elif teacher is not None:
             tc = recipe.teacher
             if tc.kind == "eman":
                 sync_bn_buffers(raw, accelerator)
@@ -264,9 +267,10 @@ def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
     tc = recipe.teacher
     if teacher is not None and getattr(tc, "export", False):
         return teacher.nets[0], "teacher"
-    if tc.kind == "dual" and tc.eval_net == "b":
-        return raw.nets[1], "student_b"
-    return raw.nets[0], "student" if tc.kind != "dual" else "student_a"
+    which = getattr(tc, "eval_net", "a")
+    if tc.kind in ("dual", "triple") and which in ("a", "b", "c"):
+        return raw.nets["abc".index(which)], f"student_{which}"
+    return raw.nets[0], "student"
 
 
 def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics_path: Path, step: int) -> dict:
@@ -289,10 +293,10 @@ def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, me
 
 def _set_modes(nets, teacher, recipe: Recipe) -> None:
     """Students train with batch statistics; an EMAN teacher normalises with its EMA statistics (eval mode), a
-    mean teacher (`ema`) with batch statistics (train mode) (reference §6)."""
+    mean teacher (`ema`) and SSPCM's last-epoch snapshot with batch statistics (train mode) (reference §6, §7)."""
     nets.train()
     if teacher is not None:
-        teacher.train(recipe.teacher.kind == "ema")
+        teacher.train(recipe.teacher.kind in ("ema", "triple"))
 
 
 def _log(accelerator, path: Path, rec: dict) -> None:

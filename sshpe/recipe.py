@@ -152,6 +152,7 @@ class TripleTeacherCfg(Cfg):
     """SSPCM: two cross-teaching nets plus a third trained on position-corrected ensembles (reference §7)."""
 
     kind: Literal["triple"] = "triple"
+    eval_net: Literal["a", "b", "c"] = Field("c", description="network evaluated and exported (c: the corrected one)")
     score_threshold: float = Field(0.1, ge=0, description="mask joints whose mean teacher maxval is below this")
 
 

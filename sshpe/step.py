@@ -21,6 +21,7 @@ from sshpe.views import HEATMAP_STRIDE, make_view, sample_easy_params, view_targ
 def easy_view(batch: dict, recipe: Recipe, generator: torch.Generator):
     """Draw easy-view parameters and crop a collated batch (reference §1.3.4)."""
     e, d = recipe.data.easy, recipe.data
+    batch = remap_labels(batch, recipe.schema)
     params = sample_easy_params(
         batch["canvas"].shape[0],
         scale_factor=e.scale_factor,
@@ -33,6 +34,19 @@ def easy_view(batch: dict, recipe: Recipe, generator: torch.Generator):
     return make_view(
         batch, params, d.input_size, recipe.schema.flip_index(), mean=d.mean, std=d.std, color=d.color
     )
+
+
+def remap_labels(batch: dict, schema) -> dict:
+    """Put COCO-17 labels into a schema's channels (union24: the reference's 24-channel head, §1.1); channels
+    COCO does not label get visibility 0. Batches already in the schema's layout pass through."""
+    k = batch["kpts"].shape[1]
+    if k == schema.num_joints:
+        return batch
+    if k != 17 or not all(c < 17 for c in schema.to_coco):
+        raise ValueError(f"shards hold {k} keypoints but model.schema={schema.name!r} has {schema.num_joints}")
+    src = torch.tensor([max(c, 0) for c in schema.to_coco], device=batch["kpts"].device)
+    has = torch.tensor([c >= 0 for c in schema.to_coco], device=batch["kpts"].device)
+    return batch | {"kpts": batch["kpts"][:, src] * has[None, :, None], "vis": batch["vis"][:, src] * has[None]}
 
 
 def heatmap_argmax(hm: torch.Tensor) -> torch.Tensor:
@@ -61,11 +75,6 @@ def _op_params(op, recipe: Recipe) -> dict:
     return params
 
 
-def _teacher_of(kind: str, net: int) -> int:
-    """Which teacher prediction teaches student network `net`: crossed for dual (reference §2.6)."""
-    return 1 - net if kind == "dual" else net
-
-
 def unlabeled_weight(recipe: Recipe, batch: int, device) -> torch.Tensor:
     """(B,K) unsupervised joint weights: 1, except channels the data never labels (union24 dummies, §1.4)."""
     mapped = torch.tensor([c >= 0 for c in recipe.schema.to_coco], dtype=torch.float32, device=device)
@@ -84,7 +93,8 @@ def train_step(
 
     Args:
         student: `PoseNets` (possibly DDP/DeepSpeed-wrapped); `student(x, net, mix)` -> heatmaps.
-        teacher: the EMA/EMAN copy of the student (unwrapped `PoseNets`), or None for none/single/dual.
+        teacher: the EMA/EMAN copy of the student or SSPCM's last-epoch snapshot (unwrapped `PoseNets`), or None
+            for none/single/dual.
         batch_l, batch_u: collated batches on the training device (`sshpe.data.streams.collate`).
         generator: drives every random draw of this step.
 
@@ -92,34 +102,33 @@ def train_step(
         {"loss": scalar to backpropagate, "loss_sup": ..., "loss_unsup": ...} (detached parts).
     """
     kind = recipe.teacher.kind
-    num_nets = {"dual": 2}.get(kind, 1)
+    num_nets = {"dual": 2, "triple": 3}.get(kind, 1)
     jw = torch.tensor(recipe.schema.joint_weights) if recipe.data.joint_weights else None
 
     vl = easy_view(batch_l, recipe, generator)
     hm_l, w_l = view_targets(vl, recipe.data.sigma, jw)
-    loss_sup = sum(joints_mse(student(vl.img, i), hm_l, w_l) for i in range(num_nets)) / num_nets
+    # PoseDual 0.5/0.5, SSPCM 0.5 * (three terms), single networks 1 (reference §2.6, §7)
+    sup_scale = 0.5 if num_nets > 1 else 1.0
+    loss_sup = sup_scale * sum(joints_mse(student(vl.img, i), hm_l, w_l) for i in range(num_nets))
     out = {"loss_sup": loss_sup.detach()}
     if kind == "none" or batch_u is None:
         out["loss"] = loss_sup
         return out
 
-    # ---- teacher predictions on the easy view (no gradient) ----
+    # ---- what teaches each student network, from the easy view (no gradient) ----
     vu = easy_view(batch_u, recipe, generator)
     b = vu.img.shape[0]
+    w_u = unlabeled_weight(recipe, b, vu.img.device)
     with torch.no_grad():
-        if kind in ("ema", "eman"):
-            t_hm = [teacher(vu.img, 0).float()]
-        else:  # single / dual: the live student(s) in train mode, as the reference
-            t_hm = [student(vu.img, i).float() for i in range(num_nets)]
-    joints = [heatmap_argmax(t) * HEATMAP_STRIDE for t in t_hm]
+        teach, w_u = teacher_heatmaps(student, teacher, vu.img, kind, num_nets, w_u, recipe)
+    joints = [heatmap_argmax(t) * HEATMAP_STRIDE for t in teach]
 
     # ---- hard views: every path shares one second-affine theta (reference §3.4) ----
     aug = recipe.augment
     theta = None
     if aug.hard_affine:
         theta = sample_hard_theta(b, generator=generator, device=vu.img.device, dtype=vu.img.dtype)
-    targets = [warp_normalized(t, theta) if theta is not None else t for t in t_hm]
-    w_u = unlabeled_weight(recipe, b, vu.img.device)
+    targets = [warp_normalized(t, theta) if theta is not None else t for t in teach]
     weights = aug.path_weights or (1.0,) * len(aug.paths)
 
     loss_unsup = vu.img.new_zeros(())
@@ -127,12 +136,42 @@ def train_step(
         op_list = [(op.kind, _op_params(op, recipe)) for op in ops]
         for _ in range(aug.repeat):
             for i in range(num_nets):
-                src = _teacher_of(kind, i)
-                x = apply_ops(vu.img, op_list, joints=joints[src], generator=generator, quirks=aug.reference_quirks)
+                x = apply_ops(vu.img, op_list, joints=joints[i], generator=generator, quirks=aug.reference_quirks)
                 if theta is not None:
                     x = warp_normalized(x, theta)
                 pred = student(x, i, _mix_plan(recipe, b, generator, x.device))
-                loss_unsup = loss_unsup + weights[p] * joints_mse(pred, targets[src], w_u)
+                loss_unsup = loss_unsup + weights[p] * joints_mse(pred, targets[i], w_u)
     out["loss_unsup"] = loss_unsup.detach()
     out["loss"] = loss_sup + aug.unsup_weight * loss_unsup
     return out
+
+
+def teacher_heatmaps(student, teacher, img, kind: str, num_nets: int, w_u: torch.Tensor, recipe: Recipe):
+    """Per student network, the heatmaps that teach it on the easy view, and the unsupervised joint weights.
+
+    single: the live student (train mode, as PoseCons); ema/eman: the EMA teacher; dual: crossed, net a learns
+    from net b and vice versa (§2.6); triple (SSPCM §7): a and b crossed, c from the per-joint position-consistent
+    ensemble of current and last-epoch predictions, with joints whose mean confidence <= threshold masked.
+    """
+    if kind in ("ema", "eman"):
+        return [teacher(img, 0).float()], w_u
+    live = [student(img, i).float() for i in range(min(num_nets, 2))]
+    if kind == "single":
+        return live, w_u
+    if kind == "dual":
+        return [live[1], live[0]], w_u
+    last = [teacher(img, i).float() for i in range(2)]
+    ensemble = position_consistent_ensemble(live, last)
+    mean = 0.5 * (live[0] + live[1])
+    keep = (mean.flatten(2).amax(-1) > recipe.teacher.score_threshold).float()
+    return [live[1], live[0], ensemble], w_u * keep
+
+
+def position_consistent_ensemble(live: list[torch.Tensor], last: list[torch.Tensor]) -> torch.Tensor:
+    """SSPCM's correction: per joint, of (T1+T2)/2, (T1'+T2)/2, (T1+T2')/2, (T1'+T2')/2 take the candidate whose two
+    members' argmax locations are closest. All maps (B,K,h,w); returns (B,K,h,w)."""
+    pairs = [(live[0], live[1]), (last[0], live[1]), (live[0], last[1]), (last[0], last[1])]
+    dist = torch.stack([(heatmap_argmax(a) - heatmap_argmax(c)).norm(dim=-1) for a, c in pairs])  # (4,B,K)
+    cands = torch.stack([0.5 * (a + c) for a, c in pairs])  # (4,B,K,h,w)
+    pick = dist.argmin(0)  # (B,K); ties keep the current-model pair first
+    return cands.gather(0, pick[None, ..., None, None].expand(1, *cands.shape[1:]))[0]

@@ -25,7 +25,7 @@ def _setup(shards, *overrides):
     recipe = smoke_recipe(shards, "train.batch_size=4", *overrides)
     torch.manual_seed(0)
     nets = build_nets(recipe)
-    teacher = make_teacher(nets) if recipe.teacher.kind in ("ema", "eman") else None
+    teacher = make_teacher(nets) if recipe.teacher.kind in ("ema", "eman", "triple") else None
     return recipe, nets, teacher
 
 
@@ -36,11 +36,13 @@ def _setup(shards, *overrides):
         ["teacher.kind=single", f"augment.paths={PATHS}"],
         ["teacher.kind=dual", f"augment.paths={PATHS}", "augment.reference_quirks=true"],
         ["teacher.kind=eman", "teacher.decay=0.6", "augment.paths=[[]]"],
+        ["teacher.kind=triple", "teacher.score_threshold=0.0", "augment.paths=[[{kind: joint_cut_occlusion}]]",
+         "model.schema=union24"],
         ["teacher.kind=ema", "augment.hard_affine=false", "augment.mum={group: 2, grid: [2, 2]}"],
         ["teacher.kind=eman", "augment.hard_affine=false",
          "augment.mum={group: 4, grid: [4, 4], pose_mum: {candidates: [layer1, layer2, layer3], prob: 1.0}}"],
     ],
-    ids=["none", "single-multipath", "dual-quirks", "eman", "ema-mum", "eman-posemum"],
+    ids=["none", "single-multipath", "dual-quirks", "eman", "triple-union24", "ema-mum", "eman-posemum"],
 )
 def test_every_student_parameter_gets_a_gradient(smoke_shards, overrides):
     recipe, nets, teacher = _setup(smoke_shards, *overrides)

@@ -83,6 +83,8 @@ def _find_prefix(keys: list[str], expected: set[str], net: str | None, path: Pat
     heads = sorted({k.split(".", 1)[0] for k in stripped if "." in k})
     nets = tuple(h for h in heads if expected & {k[len(h) + 1 :] for k in stripped if k.startswith(h + ".")})
     if not nets:
+        if net is not None:
+            raise ValueError(f"{path}: holds a single network, so net={net!r} does not apply; leave net unset")
         return prefix, ()
     if net is None:
         return f"{prefix}{nets[0]}.", nets
