@@ -252,6 +252,29 @@ def model_info(
     console.print(format_info(info(net, hw)))
 
 
+@app.command("import-weights")
+def import_weights(
+    checkpoint: Annotated[Path, typer.Argument(help="official SimpleBaseline/HRNet pose .pth (or a reference repo's)")],
+    recipe: Annotated[Path, typer.Argument(help="recipe describing the network (arch, schema, input size)")],
+    out: Annotated[Path, typer.Option(help="output .safetensors")] = Path("imported.safetensors"),
+    net: Annotated[Optional[str], typer.Option(help="which network of a multi-network checkpoint (e.g. resnet2)")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Convert an official pose checkpoint (read with weights_only=True) to sshpe safetensors with metadata."""
+    from sshpe.export import export_model
+    from sshpe.models.official import import_official
+
+    try:
+        r = _load(recipe, set_)
+        model, report = import_official(checkpoint, r.model.arch, r.schema.num_joints, net=net)
+        path = export_model(model, out, r, f"imported:{checkpoint.name}")
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(f"imported {report.num_tensors} tensors ({report.container}, prefix {report.prefix!r}) -> {path}")
+    if report.filled:
+        console.print(f"filled from a fresh model (absent in old checkpoints): {report.filled}")
+
+
 def main() -> None:
     app()
 
