@@ -252,6 +252,24 @@ def model_info(
     console.print(format_info(info(net, hw)))
 
 
+@augment_app.command("preview")
+def augment_preview(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML (its shards are read)")],
+    out: Annotated[Path, typer.Option(help="output PNG")] = Path("preview.png"),
+    n: Annotated[int, typer.Option(help="samples (rows); a multiple of the MUM group when MUM is on")] = 4,
+    seed: Annotated[int, typer.Option(help="random seed of the draws")] = 0,
+    set_: SetOpt = None,
+) -> None:
+    """PNG grid: the easy view and every hard path for a few samples, with the target joints drawn."""
+    from sshpe.preview import render_preview
+
+    try:
+        path = render_preview(_load(recipe, set_), out, n=n, seed=seed)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(f"wrote {path}")
+
+
 @app.command("import-weights")
 def import_weights(
     checkpoint: Annotated[Path, typer.Argument(help="official SimpleBaseline/HRNet pose .pth (or a reference repo's)")],

@@ -43,7 +43,10 @@ def remap_labels(batch: dict, schema) -> dict:
     if k == schema.num_joints:
         return batch
     if k != 17 or not all(c < 17 for c in schema.to_coco):
-        raise ValueError(f"shards hold {k} keypoints but model.schema={schema.name!r} has {schema.num_joints}")
+        raise ValueError(
+            f"shards hold {k} keypoints but model.schema={schema.name!r} has {schema.num_joints}; "
+            f"re-shard with --schema {schema.name} or change model.schema"
+        )
     src = torch.tensor([max(c, 0) for c in schema.to_coco], device=batch["kpts"].device)
     has = torch.tensor([c >= 0 for c in schema.to_coco], device=batch["kpts"].device)
     return batch | {"kpts": batch["kpts"][:, src] * has[None, :, None], "vis": batch["vis"][:, src] * has[None]}
@@ -67,7 +70,7 @@ def _mix_plan(recipe: Recipe, batch: int, generator: torch.Generator, device) ->
     return MixPlan(image_mask=mask(), stage_masks={s: mask() for s in stages}, unmix_after=mum.unmix_after)
 
 
-def _op_params(op, recipe: Recipe) -> dict:
+def op_params(op, recipe: Recipe) -> dict:
     """Keyword arguments of one augmentation op; RandAugment also needs the normalisation to undo."""
     params = op.model_dump(exclude={"kind"})
     if op.kind == "randaugment":
@@ -133,7 +136,7 @@ def train_step(
 
     loss_unsup = vu.img.new_zeros(())
     for p, ops in enumerate(aug.paths):
-        op_list = [(op.kind, _op_params(op, recipe)) for op in ops]
+        op_list = [(op.kind, op_params(op, recipe)) for op in ops]
         for _ in range(aug.repeat):
             for i in range(num_nets):
                 x = apply_ops(vu.img, op_list, joints=joints[i], generator=generator, quirks=aug.reference_quirks)
