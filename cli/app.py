@@ -32,10 +32,11 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _user_errors():
     """Errors a user can fix are printed without a traceback."""
+    from sshpe.checkpoint import CheckpointError
     from sshpe.distributed import EngineError
     from sshpe.recipe import RecipeError
 
-    return (RecipeError, EngineError, FileNotFoundError, ValueError)
+    return (RecipeError, EngineError, CheckpointError, FileNotFoundError, ValueError)
 
 
 def _load(recipe: Path, overrides: list[str] | None):
@@ -122,6 +123,11 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/<recipe name>)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the latest complete checkpoint in the run folder")] = True,
     resume_from: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint folder")] = None,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(help="start from these weights (checkpoint folder or student.safetensors): fresh optimizer, "
+                     "continuing its step count; works across world sizes and engines"),
+    ] = None,
 ) -> None:
     """Train a recipe (works unchanged under `accelerate launch` / `torchrun`); prints the final AP table."""
     from sshpe.evaluate import stats_table
@@ -129,7 +135,7 @@ def train(
 
     try:
         r = _load(recipe, set_)
-        stats = fit(r, out or Path("runs") / r.name, resume=resume_from if resume_from else resume)
+        stats = fit(r, out or Path("runs") / r.name, resume=resume_from or resume, init_from=init_from)
     except _user_errors() as e:
         _fail(str(e))
     import os

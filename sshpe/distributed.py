@@ -7,7 +7,10 @@ DeepSpeed bf16/fp16 engines break BatchNorm (ECOSYSTEM_NOTES 1.2).
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,14 +20,59 @@ class EngineError(ValueError):
     """An engine/precision/device combination that cannot work; the message says what to change."""
 
 
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a run uses after the recipe and the launcher (`accelerate launch --config_file`) are combined.
+
+    Attributes:
+        engine: "ddp" or "deepspeed".
+        zero_stage: DeepSpeed ZeRO stage (ignored under DDP).
+        ds_config_file: a DeepSpeed JSON named by the accelerate config (`deepspeed_config_file`), or None.
+        source: "recipe" or "launcher", for the start-up log line.
+    """
+
+    engine: str
+    zero_stage: int
+    ds_config_file: Path | None
+    source: str
+
+
 def _world_size_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_engine(recipe, *, cuda: bool, world_size: int) -> None:
-    """Refuse combinations that silently break (ECOSYSTEM_NOTES pitfalls 1-3)."""
+def resolve_engine(recipe) -> EngineChoice:
+    """Recipe `distributed:` section, overridden by an accelerate DeepSpeed config the job was launched with.
+
+    `accelerate launch --config_file configs/accelerate/2x8-deepspeed-zero2.yaml` exports ACCELERATE_USE_DEEPSPEED
+    and the ZeRO stage / config file; those win over the recipe, so one recipe runs under either launcher config.
+    """
     d = recipe.distributed
-    if d.engine != "deepspeed":
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return EngineChoice(d.engine, d.zero_stage, None, "recipe")
+    cfg_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None
+    stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", d.zero_stage))
+    if cfg_file:
+        stage = int(json.loads(Path(cfg_file).read_text()).get("zero_optimization", {}).get("stage", stage))
+    return EngineChoice("deepspeed", stage, Path(cfg_file) if cfg_file else None, "launcher")
+
+
+def check_engine(recipe, *, cuda: bool, world_size: int, choice: EngineChoice | None = None) -> None:
+    """Refuse combinations that silently break (ECOSYSTEM_NOTES 1.2-1.5, 2). `sshpe.recipe.DistributedCfg` /
+    `Recipe._cross_field` refuse the recipe-only ones at validation time; this adds what needs the launcher,
+    the device and the world size."""
+    d = recipe.distributed
+    choice = choice or resolve_engine(recipe)
+    launcher_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher_mp not in ("no", recipe.train.mixed_precision):
+        raise EngineError(
+            f"the launcher asks for mixed_precision={launcher_mp!r} but the recipe has train.mixed_precision="
+            f"{recipe.train.mixed_precision!r}; precision comes from the recipe: set train.mixed_precision="
+            f"{launcher_mp} (--set) or mixed_precision: 'no' in the accelerate config"
+        )
+    if d.sync_bn == "on" and not cuda:
+        raise EngineError("distributed.sync_bn=on needs CUDA (SyncBatchNorm cannot run on CPU/gloo); use auto or off")
+    if choice.engine != "deepspeed":
         return
     if d.cpu:
         raise EngineError(
@@ -34,23 +82,32 @@ def check_engine(recipe, *, cuda: bool, world_size: int) -> None:
     if not cuda and world_size > 1:
         raise EngineError(
             f"distributed.engine=deepspeed with {world_size} processes on CPU: accelerate mis-reports ranks there "
-            "(every rank is 'main'); use engine=ddp for multi-process CPU runs"
+            "(every rank is 'main', data is not sharded); use engine=ddp with distributed.cpu=true for "
+            "multi-process CPU runs"
         )
-    if d.zero_stage == 3 and recipe.teacher.kind in ("ema", "eman"):
-        raise EngineError("distributed.zero_stage=3 cannot hold an EMA/EMAN teacher; use zero_stage 1 or 2")
+    if choice.zero_stage == 3:
+        raise EngineError(
+            f"DeepSpeed ZeRO-3 (from the {choice.source}) partitions parameters, but EMA/EMAN teachers, evaluation "
+            "and the fp32 checkpoint export need whole parameters; use zero_stage 1 or 2"
+        )
 
 
-def deepspeed_config(recipe) -> dict:
-    """DeepSpeed config: ZeRO stage, torch_autocast for bf16/fp16, accumulation and clipping left to accelerate."""
-    t, d = recipe.train, recipe.distributed
-    cfg: dict = {
+def deepspeed_config(recipe, choice: EngineChoice | None = None) -> dict:
+    """DeepSpeed config: ZeRO stage, `torch_autocast` for bf16/fp16 (never DeepSpeed's bf16/fp16 engines),
+    accumulation and clipping from the recipe. A launcher's DeepSpeed JSON is the base when there is one."""
+    t = recipe.train
+    choice = choice or resolve_engine(recipe)
+    cfg: dict = json.loads(choice.ds_config_file.read_text()) if choice.ds_config_file else {}
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from the two below and the world size
+    cfg |= {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
-        "zero_optimization": {"stage": d.zero_stage},
         "gradient_clipping": recipe.optim.grad_clip or 0.0,
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
     }
+    cfg["zero_optimization"] = cfg.get("zero_optimization", {}) | {"stage": choice.zero_stage}
+    cfg.pop("torch_autocast", None)
     if t.mixed_precision != "no":
         dtype = "bfloat16" if t.mixed_precision == "bf16" else "float16"
         cfg["torch_autocast"] = {"enabled": True, "dtype": dtype}
@@ -75,13 +132,14 @@ def build_accelerator(recipe):
     from accelerate.utils import DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available() and not recipe.distributed.cpu
-    check_engine(recipe, cuda=cuda, world_size=_world_size_env())
+    choice = resolve_engine(recipe)
+    check_engine(recipe, cuda=cuda, world_size=_world_size_env(), choice=choice)
     t = recipe.train
-    if recipe.distributed.engine == "deepspeed":
+    if choice.engine == "deepspeed":
         from accelerate.utils import DeepSpeedPlugin
 
         _allow_deepspeed_without_transformers()
-        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe))
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, choice))
         acc = Accelerator(mixed_precision="no", deepspeed_plugin=plugin, gradient_accumulation_steps=t.grad_accum)
     else:
         ddp = DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)
@@ -94,19 +152,48 @@ def build_accelerator(recipe):
     return acc
 
 
+def engine_info(accelerator) -> dict:
+    """What a checkpoint records about the topology that wrote it (trainer_state.json)."""
+    from accelerate.utils import DistributedType
+
+    ds = accelerator.distributed_type == DistributedType.DEEPSPEED
+    stage = accelerator.state.deepspeed_plugin.zero_stage if ds else None
+    return {"world_size": accelerator.num_processes, "engine": "deepspeed" if ds else "ddp", "zero_stage": stage}
+
+
+def check_prepared(student, accelerator) -> None:
+    """After `prepare`: a DeepSpeed engine must not run its bf16/fp16 engines (they cast BN weights but not BN
+    buffers, ECOSYSTEM_NOTES 1.2); precision must come from `torch_autocast`."""
+    if engine_info(accelerator)["engine"] != "deepspeed":
+        return
+    if student.bfloat16_enabled() or student.fp16_enabled():
+        raise EngineError(
+            "the DeepSpeed engine runs its bf16/fp16 mode, which breaks BatchNorm; remove `bf16`/`fp16` from the "
+            "DeepSpeed config and set train.mixed_precision (it becomes torch_autocast)"
+        )
+
+
 def maybe_sync_batchnorm(model: nn.Module, recipe, accelerator) -> nn.Module:
-    """Convert BN to SyncBatchNorm when asked (auto: multi-GPU CUDA only; SyncBN cannot run on CPU/gloo)."""
+    """Convert BN to SyncBatchNorm when asked (auto: multi-GPU CUDA only; SyncBN cannot run on CPU/gloo).
+    Must run before `prepare` (DeepSpeed cannot convert its wrapped module, ECOSYSTEM_NOTES 1.3)."""
     mode = recipe.distributed.sync_bn
     on = mode == "on" or (mode == "auto" and accelerator.device.type == "cuda" and accelerator.num_processes > 1)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model) if on else model
 
 
 @torch.no_grad()
-def sync_bn_buffers(model: nn.Module, accelerator) -> None:
-    """Average BatchNorm running statistics over ranks (DDP/DeepSpeed never do it at the end of a step)."""
+def sync_bn_buffers(accelerator, *models: nn.Module | None) -> None:
+    """Average BatchNorm running statistics of `models` over ranks (DDP/DeepSpeed never do it at the end of a step).
+
+    Every rank must call it (one all-reduce per BN layer); None entries are skipped. `num_batches_tracked` is
+    equal on every rank already, because every rank runs the same number of steps.
+    """
     if accelerator.num_processes == 1:
         return
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is not None:
-            for buf in (mod.running_mean, mod.running_var):
-                buf.copy_(accelerator.reduce(buf.clone(), reduction="mean"))
+    mods = [m for model in models if model is not None for m in model.modules()]
+    bns = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    for mod in bns:
+        flat = torch.cat([mod.running_mean, mod.running_var])
+        flat = accelerator.reduce(flat, reduction="mean")
+        mod.running_mean.copy_(flat[: mod.running_mean.numel()])
+        mod.running_var.copy_(flat[mod.running_mean.numel() :])

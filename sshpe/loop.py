@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
-from sshpe.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from sshpe.checkpoint import (
+    atomic_write_text, load_checkpoint, load_teacher_weights, load_weights, plan_resume, save_checkpoint,
+)  # fmt: skip
 from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.data.shard_writer import read_manifest
-from sshpe.distributed import build_accelerator, maybe_sync_batchnorm, sync_bn_buffers
+from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.export import export_model
 from sshpe.nets import build_nets
 from sshpe.predict import batch_to_device, merge_instances, predict_instances, score_predictions
@@ -135,12 +137,15 @@ def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: 
     return stats[0]
 
 
-def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
+def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from: Path | None = None) -> dict:
     """Train a recipe into `run_dir`; returns the final evaluation stats.
 
     Args:
         resume: True picks the latest complete checkpoint in run_dir (if any), a Path resumes from that
-            checkpoint, False starts fresh (refusing to overwrite a run folder that has checkpoints).
+            checkpoint, False starts fresh (refusing to overwrite a run folder that has checkpoints). A checkpoint
+            from another world size or engine resumes weights-only (`sshpe.checkpoint.plan_resume`).
+        init_from: when run_dir has no checkpoint yet, start from these weights (a checkpoint folder or its
+            student.safetensors) with a fresh optimizer, continuing its step count.
     """
     # ------------------------------------------------------------------ set-up
     accelerator = build_accelerator(recipe)
@@ -156,24 +161,28 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-    nets = maybe_sync_batchnorm(build_nets(recipe), recipe, accelerator)
+    nets = build_nets(recipe)
+    # weights-only starts load before `prepare`: ZeRO-1/2 keeps its own fp32 copies made at prepare time
+    plan = plan_resume(ckpt_root, resume, init_from, engine_info(accelerator))
+    start = load_weights(plan.path, nets) if plan is not None and not plan.exact else 0
+    nets = maybe_sync_batchnorm(nets, recipe, accelerator)
     if recipe.model.channels_last:
         nets = nets.to(memory_format=torch.channels_last)
     teacher = make_teacher(nets).to(accelerator.device) if recipe.teacher.kind in ("ema", "eman", "triple") else None
+    if plan is not None and not plan.exact:
+        load_teacher_weights(plan.path, teacher)
     _set_modes(nets, teacher, recipe)
     optimizer = _optimizer(recipe, nets.parameters())
     student, optimizer = accelerator.prepare(nets, optimizer)
+    check_prepared(student, accelerator)
     raw = accelerator.unwrap_model(student)
 
     # ------------------------------------------------------------------ resume
-    start = 0
-    ckpt = resume if isinstance(resume, Path) else (latest_checkpoint(ckpt_root) if resume else None)
-    if resume is False and latest_checkpoint(ckpt_root) is not None:
-        raise RecipeError(f"{run_dir} already has checkpoints; pass --resume or choose another --out")
-    if ckpt is not None:
-        start = load_checkpoint(accelerator, Path(ckpt), teacher)
-        accelerator.print(f"resumed from {ckpt} at step {start}")
-    last_ckpt = ckpt
+    if plan is not None and plan.exact:
+        start = load_checkpoint(accelerator, plan.path, teacher)
+    if plan is not None:
+        accelerator.print(plan.message)
+    last_ckpt = plan.path if plan is not None else None
 
     t = recipe.train
     ub = t.unlabeled_batch_size or t.batch_size
@@ -226,7 +235,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
         elif teacher is not None:
             tc = recipe.teacher
             if tc.kind == "eman":
-                sync_bn_buffers(raw, accelerator)
+                sync_bn_buffers(accelerator, raw)
             m = decay_at(step, base=tc.decay, warmup_steps=sched.teacher_warmup, start=tc.warmup_start, schedule=tc.schedule)
             ema_update(teacher, raw, m, include_buffers=tc.kind == "eman")
 
@@ -240,8 +249,8 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
             last_log_step, window_t0, data_wait, seen = step1, time.perf_counter(), 0.0, 0
 
         if itstime(step1, sched.ckpt_every) and step1 != sched.total:
-            sync_bn_buffers(raw, accelerator)
-            last_ckpt = save_checkpoint(accelerator, ckpt_root, step1, teacher, t.keep_last)
+            sync_bn_buffers(accelerator, raw, teacher)
+            last_ckpt = save_checkpoint(accelerator, ckpt_root, step1, student, teacher, recipe, t.keep_last)
 
         if itstime(step1, sched.eval_every) and step1 != sched.total:
             stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics_path, step1)
@@ -250,9 +259,9 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True) -> dict:
 
     # ------------------------------------------------------------------ final
     progress.close()
-    sync_bn_buffers(raw, accelerator)
+    sync_bn_buffers(accelerator, raw, teacher)
     if sched.total > start:
-        save_checkpoint(accelerator, ckpt_root, sched.total, teacher, t.keep_last)
+        save_checkpoint(accelerator, ckpt_root, sched.total, student, teacher, recipe, t.keep_last)
     stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics_path, sched.total)
     if accelerator.is_main_process:
         net, name = eval_network(recipe, raw, teacher)
@@ -274,6 +283,7 @@ def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
 
 
 def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics_path: Path, step: int) -> dict:
+    sync_bn_buffers(accelerator, raw, teacher)  # every rank scores the same network
     net, name = eval_network(recipe, raw, teacher)
     if recipe.teacher.kind == "dual" and recipe.teacher.eval_net == "ensemble":
         raw.eval()

@@ -316,9 +316,29 @@ class EvalCfg(Cfg):
 
 class DistributedCfg(Cfg):
     engine: Literal["ddp", "deepspeed"] = Field("ddp", description="DDP via accelerate, or DeepSpeed ZeRO-1/2")
-    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (3 is refused with EMA teachers)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage; 3 is refused (teachers, eval and export need whole parameters)"
+    )
     sync_bn: Literal["auto", "on", "off"] = Field("auto", description="SyncBatchNorm: auto = on for multi-GPU CUDA")
     cpu: bool = Field(False, description="force CPU even when a GPU is present")
+
+    @field_validator("sync_bn", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads a bare on/off as bool
+
+    @model_validator(mode="after")
+    def _engine(self) -> DistributedCfg:
+        """What cannot work whatever the launcher (sshpe.distributed.check_engine repeats these at run time and
+        adds the checks that need the device and world size, e.g. multi-process DeepSpeed on CPU)."""
+        if self.engine == "deepspeed" and self.cpu:
+            raise ValueError(
+                "engine=deepspeed with cpu=true: Accelerator(cpu=True) silently drops DeepSpeed; use engine=ddp on "
+                "CPU (multi-process CPU DeepSpeed is refused too: accelerate mis-reports ranks there)"
+            )
+        if self.sync_bn == "on" and self.cpu:
+            raise ValueError("sync_bn=on with cpu=true: SyncBatchNorm cannot run on CPU/gloo; use auto or off")
+        return self
 
 
 class Recipe(Cfg):
@@ -346,11 +366,12 @@ class Recipe(Cfg):
                     f"augment.mum.group={mum.group} must divide the unlabeled batch size {ub} "
                     "(train.unlabeled_batch_size or train.batch_size)"
                 )
-        if self.distributed.engine == "deepspeed" and self.distributed.zero_stage == 3 and self.teacher.kind in (
-            "ema",
-            "eman",
-        ):
-            raise ValueError("distributed.zero_stage=3 cannot hold an EMA/EMAN teacher (it needs whole parameters)")
+        if self.distributed.engine == "deepspeed" and self.distributed.zero_stage == 3:
+            needs = f"the {self.teacher.kind} teacher, " if self.teacher.kind in ("ema", "eman", "triple") else ""
+            raise ValueError(
+                f"distributed.zero_stage=3 partitions parameters, but {needs}evaluation and the fp32 checkpoint "
+                "export need whole parameters (an EMA/EMAN teacher cannot be held); use zero_stage 1 or 2"
+            )
         return self
 
     @property

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from sshpe import geometry
-from sshpe.checkpoint import latest_checkpoint
+from sshpe.checkpoint import latest_checkpoint, load_teacher_weights, load_weights
 from sshpe.codec import decode_heatmaps
 from sshpe.export import export_model, load_exported
 from sshpe.recipe import Recipe, RecipeError, load_recipe
@@ -36,11 +36,10 @@ def load_run_nets(run: Path, recipe: Recipe, checkpoint: Path | None = None):
     if ckpt is None:
         raise FileNotFoundError(f"{run}/checkpoints has no complete checkpoint; train first or pass --checkpoint")
     nets = build_nets(recipe)
-    nets.load_state_dict(load_file(str(Path(ckpt) / "model.safetensors")))
-    teacher = None
-    if (Path(ckpt) / "teacher.safetensors").is_file():
-        teacher = build_nets(recipe)
-        teacher.load_state_dict(load_file(str(Path(ckpt) / "teacher.safetensors")))
+    load_weights(Path(ckpt), nets)
+    teacher = build_nets(recipe)
+    if not load_teacher_weights(Path(ckpt), teacher):
+        teacher = None
     return nets, teacher, Path(ckpt)
 
 

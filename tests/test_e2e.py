@@ -72,7 +72,7 @@ def test_torn_checkpoint_is_never_picked(smoke_shards, tmp_path):
     assert [s for s, _ in complete_checkpoints(run / "checkpoints")] == [2]
 
 
-def test_export_and_cli_eval(smoke_shards, tmp_path):
+def test_export_eval_predict_cli(synth_root, smoke_shards, tmp_path):
     recipe = smoke_recipe(smoke_shards)
     run = tmp_path / "run"
     fit(recipe, run)
@@ -91,6 +91,22 @@ def test_export_and_cli_eval(smoke_shards, tmp_path):
     assert "AP50" in res.stdout
     ap_cli = json.loads((run / "final" / "stats.json").read_text())["AP"]
     assert f"{ap_cli:.3f}"[:4] in res.stdout or ap_cli == 0.0
+    # predict on whole images and on detector boxes
+    images = sorted((synth_root / "images" / "val").glob("*.jpg"))[:2]
+    dets = json.loads((synth_root / "annotations" / "person_detections_val.json").read_text())
+    gt = json.loads((synth_root / "annotations" / "person_keypoints_val.json").read_text())
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    boxes = [d | {"file_name": names[d["image_id"]]} for d in dets]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    res = subprocess.run(cli + ["predict", str(out), *map(str, images), "--out", str(tmp_path / "pred"),
+                                "--boxes", str(tmp_path / "boxes.json")], capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    pred = json.loads((tmp_path / "pred" / "keypoints.json").read_text())
+    assert pred["keypoint_names"][0] == "nose" and len(pred["images"]) == 2
+    n_boxes = sum(b["file_name"] == images[0].name for b in boxes)
+    assert len(pred["images"][0]["people"]) == n_boxes > 0
+    assert all(len(p["keypoints"]) == 17 for p in pred["images"][0]["people"])
+    assert (tmp_path / "pred" / f"{images[0].stem}_pose.jpg").is_file()
 
 
 def test_recipe_pointing_at_missing_shards(tmp_path):
