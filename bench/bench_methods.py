@@ -110,7 +110,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds (recipe `seed`)")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (LR drops at 2/3 and 5/6)")

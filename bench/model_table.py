@@ -43,8 +43,10 @@ def model_rows(num_joints: int = 17) -> list[str]:
 
 
 def main() -> None:
-    print("| arch | input | params (ours) | params (published) | GFLOPs, README convention (ours) "
-          "| GFLOPs (published) | true GMACs (flop_counter / 2) |")
+    print(
+        "| arch | input | params (ours) | params (published) | GFLOPs, README convention (ours) "
+        "| GFLOPs (published) | true GMACs (flop_counter / 2) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for row in model_rows():
         print(row)

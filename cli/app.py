@@ -125,8 +125,10 @@ def train(
     resume_from: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint folder")] = None,
     init_from: Annotated[
         Optional[Path],
-        typer.Option(help="start from these weights (checkpoint folder or student.safetensors): fresh optimizer, "
-                     "continuing its step count; works across world sizes and engines"),
+        typer.Option(
+            help="start from these weights (checkpoint folder or student.safetensors): fresh optimizer, "
+            "continuing its step count; works across world sizes and engines"
+        ),
     ] = None,
 ) -> None:
     """Train a recipe (works unchanged under `accelerate launch` / `torchrun`); prints the final AP table."""
@@ -167,7 +169,9 @@ def eval_(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out: Annotated[Optional[Path], typer.Option(help="output .safetensors (default RUN/export/model.safetensors)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="output .safetensors (default RUN/export/model.safetensors)")
+    ] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default: latest complete)")] = None,
     network: Annotated[str, typer.Option(help="student | teacher | student_b")] = "auto",
 ) -> None:
@@ -243,13 +247,16 @@ def model_info(
 ) -> None:
     """Parameters, MACs, HRNet-convention GFLOPs, stride and per-stage feature shapes."""
     from sshpe.models import build_model
-    from sshpe.models.info import format_info, model_info as info
+    from sshpe.models.info import format_info
+    from sshpe.models.info import model_info as info
 
     try:
         if target.endswith((".yaml", ".yml")):
             r = _load(Path(target), [])
             m = r.model
-            net = build_model(m.arch, r.schema.num_joints, head_channels=tuple(m.head_channels), head_kernel=m.head_kernel)
+            net = build_model(
+                m.arch, r.schema.num_joints, head_channels=tuple(m.head_channels), head_kernel=m.head_kernel
+            )
             hw = tuple(r.data.input_size)
         else:
             net, hw = build_model(target, joints), _hw(input_size)
@@ -281,7 +288,9 @@ def import_weights(
     checkpoint: Annotated[Path, typer.Argument(help="official SimpleBaseline/HRNet pose .pth (or a reference repo's)")],
     recipe: Annotated[Path, typer.Argument(help="recipe describing the network (arch, schema, input size)")],
     out: Annotated[Path, typer.Option(help="output .safetensors")] = Path("imported.safetensors"),
-    net: Annotated[Optional[str], typer.Option(help="which network of a multi-network checkpoint (e.g. resnet2)")] = None,
+    net: Annotated[
+        Optional[str], typer.Option(help="which network of a multi-network checkpoint (e.g. resnet2)")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Convert an official pose checkpoint (read with weights_only=True) to sshpe safetensors with metadata."""

@@ -80,7 +80,9 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 def _fp32_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in state.items()}
+    return {
+        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in state.items()
+    }
 
 
 def _weights_metadata(recipe, network: str, num_nets: int, step: int) -> dict[str, str]:
@@ -182,7 +184,9 @@ def plan_resume(ckpt_root: Path, resume: bool | Path, init_from: Path | None, cu
     if path is None:
         if init_from is None:
             return None
-        return ResumePlan(Path(init_from), False, f"initialised weights from {init_from} (weights only, fresh optimizer)")
+        return ResumePlan(
+            Path(init_from), False, f"initialised weights from {init_from} (weights only, fresh optimizer)"
+        )
     if not (path / COMPLETE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE} marker); pick another one")
     saved = read_trainer_state(path)
@@ -217,8 +221,7 @@ def load_weights(path: Path, nets: torch.nn.Module) -> int:
     file = path / STUDENT if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(
-            f"{file}: no consolidated weights; --init-from takes a checkpoint folder (step-XXXXXX/) or its "
-            f"{STUDENT}"
+            f"{file}: no consolidated weights; --init-from takes a checkpoint folder (step-XXXXXX/) or its {STUDENT}"
         )
     state, meta = _read_weights(file)
     if meta.get("format") != FORMAT:

@@ -113,9 +113,7 @@ def oks_iou(
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def oks_nms(
-    kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, thr: float = 0.9
-) -> list[int]:
+def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, thr: float = 0.9) -> list[int]:
     """Greedy OKS non-maximum suppression (HRNet lib/nms/nms.py `oks_nms`).
 
     Args:
@@ -234,9 +232,7 @@ def write_results(path: Path | str, results: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def coco_keypoint_eval(
-    gt_file: Path | str, results: list[dict], sigmas: np.ndarray | None = None
-) -> dict[str, float]:
+def coco_keypoint_eval(gt_file: Path | str, results: list[dict], sigmas: np.ndarray | None = None) -> dict[str, float]:
     """Run pycocotools keypoint evaluation (maxDets 20, all/medium/large) and return the 10 standard stats.
 
     pycocotools' printed output is captured and logged at INFO level.

@@ -14,10 +14,15 @@ from pathlib import Path
 import torch
 
 from sshpe.checkpoint import (
-    atomic_write_text, load_checkpoint, load_teacher_weights, load_weights, plan_resume, save_checkpoint,
+    atomic_write_text,
+    load_checkpoint,
+    load_teacher_weights,
+    load_weights,
+    plan_resume,
+    save_checkpoint,
 )  # fmt: skip
-from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.data.shard_writer import read_manifest
+from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.export import export_model
 from sshpe.nets import build_nets
@@ -236,7 +241,9 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
             tc = recipe.teacher
             if tc.kind == "eman":
                 sync_bn_buffers(accelerator, raw)
-            m = decay_at(step, base=tc.decay, warmup_steps=sched.teacher_warmup, start=tc.warmup_start, schedule=tc.schedule)
+            m = decay_at(
+                step, base=tc.decay, warmup_steps=sched.teacher_warmup, start=tc.warmup_start, schedule=tc.schedule
+            )
             ema_update(teacher, raw, m, include_buffers=tc.kind == "eman")
 
         if itstime(step1, sched.log_every) or step1 == sched.total:
@@ -253,7 +260,9 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
             last_ckpt = save_checkpoint(accelerator, ckpt_root, step1, student, teacher, recipe, t.keep_last)
 
         if itstime(step1, sched.eval_every) and step1 != sched.total:
-            stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics_path, step1)
+            stats = _eval_and_log(
+                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics_path, step1
+            )
             _set_modes(raw, teacher, recipe)
         progress.advance(step1)
 

@@ -1,4 +1,5 @@
-"""What `sshpe eval`, `sshpe export` and `sshpe predict` do with files: find weights, rebuild networks, write outputs."""
+"""What `sshpe eval`, `sshpe export` and `sshpe predict` do with files: find weights, rebuild networks, write
+outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from sshpe import geometry
 from sshpe.checkpoint import latest_checkpoint, load_teacher_weights, load_weights
@@ -61,7 +61,9 @@ def export_run(run: Path, out: Path | None, checkpoint: Path | None, network: st
     return export_model(net, out or run / "export" / "model.safetensors", recipe, network)
 
 
-def evaluate_model(model: Path, recipe_path: Path | None, overrides: list[str], split: str | None, results: Path | None):
+def evaluate_model(
+    model: Path, recipe_path: Path | None, overrides: list[str], split: str | None, results: Path | None
+):
     """COCO AP of an exported model or a run folder's final model on a recipe's val shards."""
     from sshpe.data.shard_writer import read_manifest
     from sshpe.distributed import build_accelerator
@@ -83,7 +85,9 @@ def evaluate_model(model: Path, recipe_path: Path | None, overrides: list[str], 
     net, _ = load_exported(weights, accelerator.device)
     manifest = read_manifest(Path(recipe.data.shards))
     if recipe.data.val_split not in manifest["splits"]:
-        raise RecipeError(f"{recipe.data.shards}: no split {recipe.data.val_split!r} (has {sorted(manifest['splits'])})")
+        raise RecipeError(
+            f"{recipe.data.shards}: no split {recipe.data.val_split!r} (has {sorted(manifest['splits'])})"
+        )
     out_dir = results.parent if results else None
     stats = evaluate_nets(net, recipe, accelerator, manifest, out_dir)
     if results and out_dir and (out_dir / "results.json") != results:
@@ -135,10 +139,14 @@ def predict_images(model: Path, images: list[Path], out: Path, boxes_file: Path 
             c, s = geometry.box_to_center_scale(tuple(bbox), w_in / h_in)
             c_t, s_t = torch.tensor(c)[None], torch.tensor(s)[None]
             m = geometry.crop_matrix(c_t, s_t[:, 0], torch.zeros(1, dtype=torch.float64), (w_in, h_in))
-            crop = normalize(geometry.warp_images(rgb, m.float(), (h_in, w_in)), meta["mean"], meta["std"], meta["color"])
+            crop = normalize(
+                geometry.warp_images(rgb, m.float(), (h_in, w_in)), meta["mean"], meta["std"], meta["color"]
+            )
             hm = net(crop).float()
             k_hm, maxv = decode_heatmaps(hm, mode=meta["decode"]["mode"])
-            hm_m = geometry.crop_matrix(c_t, s_t[:, 0], torch.zeros(1, dtype=torch.float64), (hm.shape[-1], hm.shape[-2]))
+            hm_m = geometry.crop_matrix(
+                c_t, s_t[:, 0], torch.zeros(1, dtype=torch.float64), (hm.shape[-1], hm.shape[-2])
+            )
             k_img = geometry.apply_affine(geometry.invert(hm_m), k_hm.double())[0].numpy()
             kp = np.concatenate([k_img, maxv[0].double().numpy()[:, None]], 1)
             people.append({"bbox": list(map(float, bbox)), "box_score": score, "keypoints": kp.round(2).tolist()})
@@ -157,7 +165,9 @@ def predict_images(model: Path, images: list[Path], out: Path, boxes_file: Path 
 def _draw(img: np.ndarray, kp: np.ndarray, skeleton: list[list[int]], thr: float = 0.2) -> None:
     for a, b in skeleton:
         if kp[a, 2] > thr and kp[b, 2] > thr:
-            cv2.line(img, tuple(int(v) for v in kp[a, :2]), tuple(int(v) for v in kp[b, :2]), (0, 200, 255), 2, cv2.LINE_AA)
+            cv2.line(
+                img, tuple(int(v) for v in kp[a, :2]), tuple(int(v) for v in kp[b, :2]), (0, 200, 255), 2, cv2.LINE_AA
+            )
     for x, y, s in kp:
         if s > thr:
             cv2.circle(img, (int(x), int(y)), 3, (0, 255, 0), -1, cv2.LINE_AA)

@@ -31,9 +31,7 @@ def easy_view(batch: dict, recipe: Recipe, generator: torch.Generator):
         generator=generator,
         device=batch["canvas"].device,
     )
-    return make_view(
-        batch, params, d.input_size, recipe.schema.flip_index(), mean=d.mean, std=d.std, color=d.color
-    )
+    return make_view(batch, params, d.input_size, recipe.schema.flip_index(), mean=d.mean, std=d.std, color=d.color)
 
 
 def remap_labels(batch: dict, schema) -> dict:

@@ -53,9 +53,7 @@ def _render_task(task: tuple) -> dict:
     if not ok:
         raise RuntimeError(f"sshpe synth: OpenCV could not encode {out_path} as JPEG")
     _write_atomic(Path(out_path), buf.tobytes())
-    persons = [
-        {**p, "keypoints": [round(float(x), 4) for x in p["keypoints"].reshape(-1)]} for p in scene.persons
-    ]
+    persons = [{**p, "keypoints": [round(float(x), 4) for x in p["keypoints"].reshape(-1)]} for p in scene.persons]
     return {"split": split, "image_id": image_id, "persons": persons, "detections": scene.detections}
 
 

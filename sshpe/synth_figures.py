@@ -247,8 +247,11 @@ def _torso(
         shapes.append(("line", col["strap"], p2["left_shoulder"], p2["right_hip"], max(1.0, 0.012 * height_px)))
     torso_z = float(np.mean([dz[k] for k in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]))
     eps = 0.5 * length["shoulder_w"] / 2  # a joint this far behind the torso centre is hidden by the torso
-    owned = tuple(j for j, k in ((5, "left_shoulder"), (6, "right_shoulder"), (11, "left_hip"), (12, "right_hip"))
-                  if dz[k] >= torso_z - eps)
+    owned = tuple(
+        j
+        for j, k in ((5, "left_shoulder"), (6, "right_shoulder"), (11, "left_hip"), (12, "right_hip"))
+        if dz[k] >= torso_z - eps
+    )
     return (torso_z - 0.02, owned, shapes)
 
 

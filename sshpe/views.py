@@ -52,7 +52,8 @@ def sample_easy_params(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
 ) -> EasyParams:
-    """Reference §1.3.4: s ~ clip(1 + sf*N, 1-sf, 1+sf); r ~ clip(rf*N, -2rf, 2rf) w.p. rot_prob else 0; flip w.p. 0.5."""
+    """Reference §1.3.4: s ~ clip(1 + sf*N, 1-sf, 1+sf); r ~ clip(rf*N, -2rf, 2rf) w.p. rot_prob else 0; flip w.p.
+    0.5. All (B,) tensors on `device`."""
     g = dict(generator=generator, device=generator.device)
     s = (torch.randn(batch, **g) * scale_factor + 1).clamp(1 - scale_factor, 1 + scale_factor)
     r = (torch.randn(batch, **g) * rot_factor).clamp(-2 * rot_factor, 2 * rot_factor)
@@ -64,7 +65,9 @@ def sample_easy_params(
 def identity_params(batch: int, device: torch.device | str = "cpu") -> EasyParams:
     """Evaluation crops: no scale change, no rotation, no flip."""
     return EasyParams(
-        torch.ones(batch, device=device), torch.zeros(batch, device=device), torch.zeros(batch, dtype=torch.bool, device=device)
+        torch.ones(batch, device=device),
+        torch.zeros(batch, device=device),
+        torch.zeros(batch, dtype=torch.bool, device=device),
     )
 
 

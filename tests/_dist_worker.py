@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import save_file
 
 from sshpe.data.streams import ValDataset, collate, make_train_loader, make_val_loader

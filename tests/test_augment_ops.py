@@ -144,7 +144,7 @@ def test_cutout_quirk_keeps_holes_in_top_rows_and_loses_some_off_the_right() -> 
     assert int(fixed.boxes[..., 3].max()) > W
     empty = (quirk.boxes[..., 2] <= quirk.boxes[..., 0]) | (quirk.boxes[..., 3] <= quirk.boxes[..., 1])
     assert 0.08 < float(empty.float().mean()) < 0.32  # reference: about 19% of holes vanish
-    assert not bool(((fixed.boxes[..., 2] <= fixed.boxes[..., 0])).any())
+    assert not bool((fixed.boxes[..., 2] <= fixed.boxes[..., 0]).any())
 
 
 @pytest.mark.parametrize("quirks", [False, True])
@@ -318,7 +318,9 @@ def decode(maps: torch.Tensor) -> torch.Tensor:
 def test_hard_affine_warps_images_and_heatmaps_consistently() -> None:
     b = 12
     theta = sample_hard_theta(b, generator=gen(3), dtype=torch.float64)
-    p = torch.rand(b, 2, generator=gen(4), dtype=torch.float64) * torch.tensor([10.0, 14.0]) + torch.tensor([19.0, 25.0])
+    p = torch.rand(b, 2, generator=gen(4), dtype=torch.float64) * torch.tensor([10.0, 14.0]) + torch.tensor(
+        [19.0, 25.0]
+    )
     hm = warp_normalized(gaussian((64, 48), p, 2.0), theta)
     im = warp_normalized(gaussian((H, W), 4 * p + 1.5, 8.0), theta)
     expected = apply_affine(theta_to_pixel(theta, (64, 48)), p[:, None])[:, 0]

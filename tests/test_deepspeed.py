@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_distributed import equiv_recipe, free_port
 
-from conftest import REPO
 from sshpe.checkpoint import STUDENT, TEACHER, load_weights, plan_resume, read_trainer_state
 from sshpe.nets import build_nets
-from test_distributed import equiv_recipe, free_port
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from _dist_worker import EQUIV_STEPS, equiv_recipe, global_batch
 from conftest import REPO, smoke_recipe
+from safetensors.torch import load_file
+
 from sshpe.checkpoint import STUDENT, complete_checkpoints, read_trainer_state
 from sshpe.data.streams import ValDataset, make_val_loader
 from sshpe.distributed import EngineError, check_engine

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import smoke_recipe
 from safetensors.torch import load_file
 
-from conftest import smoke_recipe
 from sshpe.checkpoint import COMPLETE, complete_checkpoints
 from sshpe.export import load_exported, read_metadata
 from sshpe.loop import fit

@@ -8,16 +8,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_views import _reference_affine
 
 from sshpe import geometry
-from test_views import _reference_affine
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_crop_matrix_equals_reference_get_affine_transform(seed):
     rng = np.random.default_rng(seed)
     c, sx, r = rng.uniform(50, 400, 2), rng.uniform(0.2, 2.0), rng.uniform(-60, 60)
-    ours = geometry.crop_matrix(torch.tensor(c)[None], torch.tensor([sx]), torch.tensor([r], dtype=torch.float64), (192, 256))
+    ours = geometry.crop_matrix(
+        torch.tensor(c)[None], torch.tensor([sx]), torch.tensor([r], dtype=torch.float64), (192, 256)
+    )
     np.testing.assert_allclose(ours[0].numpy(), _reference_affine(c, sx, r, (192, 256)), rtol=1e-5, atol=1e-3)
 
 
@@ -37,8 +39,10 @@ def test_compose_invert_apply_round_trip():
 def test_warp_equals_cv2_and_inverse_warp_restores():
     rng = np.random.default_rng(1)
     img = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3)).astype(np.uint8), (5, 5), 2).astype(np.float64)
-    m = geometry.crop_matrix(torch.tensor([[64.0, 48.0]], dtype=torch.float64), torch.tensor([0.5], dtype=torch.float64),
-                             torch.tensor([25.0], dtype=torch.float64), (128, 96))  # fmt: skip
+    f64 = dict(dtype=torch.float64)
+    m = geometry.crop_matrix(
+        torch.tensor([[64.0, 48.0]], **f64), torch.tensor([0.5], **f64), torch.tensor([25.0], **f64), (128, 96)
+    )
     src = torch.from_numpy(img).permute(2, 0, 1)[None]
     ours = geometry.warp_images(src, m, (96, 128))
     ref = cv2.warpAffine(img, m[0].numpy(), (128, 96), flags=cv2.INTER_LINEAR)
@@ -66,7 +70,12 @@ def test_canvas_covers_every_easy_view():
     i2c = geometry.invert(torch.tensor(c2i)[None])
     for sf in (0.75, 1.25):
         for r in (-60.0, 0.0, 45.0, 60.0):
-            crop = geometry.crop_matrix(torch.tensor(center)[None], torch.tensor([scale[0] * sf]), torch.tensor([r], dtype=torch.float64), (192, 256))
+            crop = geometry.crop_matrix(
+                torch.tensor(center)[None],
+                torch.tensor([scale[0] * sf]),
+                torch.tensor([r], dtype=torch.float64),
+                (192, 256),
+            )
             corners = torch.tensor([[[0.0, 0.0], [191.0, 0.0], [0.0, 255.0], [191.0, 255.0]]], dtype=torch.float64)
             in_canvas = geometry.apply_affine(i2c, geometry.apply_affine(geometry.invert(crop), corners))
             assert (in_canvas >= -0.5).all() and (in_canvas <= side - 0.5).all()

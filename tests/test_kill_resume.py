@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
-from conftest import REPO
 from sshpe.checkpoint import COMPLETE, STUDENT, complete_checkpoints
 
 STEPS = 16

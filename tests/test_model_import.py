@@ -26,8 +26,10 @@ def _randomized(arch: str, seed: int) -> PoseModel:
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                noise = torch.rand(t.shape, generator=gen) if name.endswith("running_var") else torch.randn(
-                    t.shape, generator=gen
+                noise = (
+                    torch.rand(t.shape, generator=gen)
+                    if name.endswith("running_var")
+                    else torch.randn(t.shape, generator=gen)
                 )
                 t.copy_(noise * 0.1 + (0.5 if name.endswith("running_var") else 0.0))
     return model.eval()

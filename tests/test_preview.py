@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import smoke_recipe
+
 from sshpe.augment.hard_affine import warp_normalized
 from sshpe.codec import encode_heatmaps
 from sshpe.preview import HEADER_PX, MARKER_BGR, build_preview, read_preview_batch, render_preview

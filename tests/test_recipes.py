@@ -107,7 +107,9 @@ def test_durations_convert_once():
 
 def test_cli_recipe_commands(tmp_path):
     bad = _write(tmp_path, BASE | {"modle": {}})
-    run = subprocess.run([sys.executable, "-m", "sshpe._cli.app", "recipe", "check", str(bad)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "sshpe._cli.app", "recipe", "check", str(bad)], capture_output=True, text=True
+    )
     assert run.returncode == 2
     assert "modle: unknown field" in run.stderr and "Traceback" not in run.stderr
     run = subprocess.run([sys.executable, "-m", "sshpe._cli.app", "recipe", "schema"], capture_output=True, text=True)

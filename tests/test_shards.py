@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _fixtures_coco import INPUT_HW, K, CocoFixture, make_coco, shard_fixture
+from _fixtures_coco import INPUT_HW, CocoFixture, K, make_coco, shard_fixture
 
 from sshpe import geometry
 from sshpe.data.coco import load_instances

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import smoke_recipe
+
 from sshpe.data.streams import TrainStream
 from sshpe.nets import build_nets
 from sshpe.step import easy_view, train_step
 from sshpe.teachers import make_teacher
 
-PATHS = '[[{kind: joint_cutout}], [{kind: joint_cut_occlusion}, {kind: cutout}], [{kind: cutmix}, {kind: mixup}]]'
+PATHS = "[[{kind: joint_cutout}], [{kind: joint_cut_occlusion}, {kind: cutout}], [{kind: cutmix}, {kind: mixup}]]"
 
 
 def _batches(shards, n=4):
@@ -36,11 +36,18 @@ def _setup(shards, *overrides):
         ["teacher.kind=single", f"augment.paths={PATHS}"],
         ["teacher.kind=dual", f"augment.paths={PATHS}", "augment.reference_quirks=true"],
         ["teacher.kind=eman", "teacher.decay=0.6", "augment.paths=[[]]"],
-        ["teacher.kind=triple", "teacher.score_threshold=0.0", "augment.paths=[[{kind: joint_cut_occlusion}]]",
-         "model.schema=union24"],
+        [
+            "teacher.kind=triple",
+            "teacher.score_threshold=0.0",
+            "augment.paths=[[{kind: joint_cut_occlusion}]]",
+            "model.schema=union24",
+        ],
         ["teacher.kind=ema", "augment.hard_affine=false", "augment.mum={group: 2, grid: [2, 2]}"],
-        ["teacher.kind=eman", "augment.hard_affine=false",
-         "augment.mum={group: 4, grid: [4, 4], pose_mum: {candidates: [layer1, layer2, layer3], prob: 1.0}}"],
+        [
+            "teacher.kind=eman",
+            "augment.hard_affine=false",
+            "augment.mum={group: 4, grid: [4, 4], pose_mum: {candidates: [layer1, layer2, layer3], prob: 1.0}}",
+        ],
     ],
     ids=["none", "single-multipath", "dual-quirks", "eman", "triple-union24", "ema-mum", "eman-posemum"],
 )

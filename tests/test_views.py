@@ -49,7 +49,10 @@ def test_canvas_view_equals_reference_on_original_image(synth_root, smoke_shards
     ds = ValDataset(smoke_shards, "val")
     sample = max((ds[i] for i in range(len(ds))), key=lambda s: s["record"]["num_keypoints"])
     rec = sample["record"]
-    ann = {a["id"]: a for a in __import__("json").load(open(synth_root / "annotations/person_keypoints_val.json"))["annotations"]}
+    ann = {
+        a["id"]: a
+        for a in __import__("json").load(open(synth_root / "annotations/person_keypoints_val.json"))["annotations"]
+    }
     rec = rec | {"kpts_img": np.array(ann[rec["ann_id"]]["keypoints"]).reshape(-1, 3)}
     img = cv2.cvtColor(cv2.imread(str(synth_root / "images" / "val" / rec["file_name"])), cv2.COLOR_BGR2RGB)
     ref_crop, ref_kp, ref_vis = _reference_view(img, rec, sf, rot, flip, (64, 64))

@@ -51,9 +51,7 @@ def _box_mask(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
 
 
-def _clip_boxes(
-    x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, h: int, w: int
-) -> torch.Tensor:
+def _clip_boxes(x0: torch.Tensor, y0: torch.Tensor, x1: torch.Tensor, y1: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Stack box bounds (B, K) into (B, K, 4), clipped to the image so they state the written region."""
     x0, x1 = x0.clamp(0, w), x1.clamp(0, w)
     y0, y1 = y0.clamp(0, h), y1.clamp(0, h)
@@ -284,7 +282,11 @@ def _jo_geometry(
 
 
 def _composite_patches(
-    img: torch.Tensor, boxes: torch.Tensor, s_start: torch.Tensor, paste: torch.Tensor, fill: torch.Tensor,
+    img: torch.Tensor,
+    boxes: torch.Tensor,
+    s_start: torch.Tensor,
+    paste: torch.Tensor,
+    fill: torch.Tensor,
     src_img: torch.Tensor,
 ) -> torch.Tensor:
     """Write JO patches into a copy of `img` (B, C, H, W) at once; the last patch covering a pixel wins.

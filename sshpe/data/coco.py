@@ -104,7 +104,12 @@ def _check_keypoints(kpts: list, num_joints: int, path: Path, where: str) -> np.
 
 
 def _gt_instances(
-    data: dict, images: list[dict], ann_file: Path, images_dir: Path, kind: InstanceKind, aspect: float,
+    data: dict,
+    images: list[dict],
+    ann_file: Path,
+    images_dir: Path,
+    kind: InstanceKind,
+    aspect: float,
     num_joints: int,
 ) -> list[Instance]:
     """Instances from GT boxes in the order of the `images` array (reference §1.2)."""
@@ -155,8 +160,14 @@ def _det_instances(
 
 
 def _make_instance(
-    img: dict, images_dir: Path, ann_id: int, box: tuple[float, ...], score: float, kpts: np.ndarray,
-    area: float, aspect: float,
+    img: dict,
+    images_dir: Path,
+    ann_id: int,
+    box: tuple[float, ...],
+    score: float,
+    kpts: np.ndarray,
+    area: float,
+    aspect: float,
 ) -> Instance:
     center, scale = geometry.box_to_center_scale(box, aspect)
     return Instance(

@@ -204,7 +204,14 @@ class TrainStream(IterableDataset):
     """
 
     def __init__(
-        self, manifest_dir: Path, split: str, *, seed: int, rank: int, world_size: int, batch_size: int,
+        self,
+        manifest_dir: Path,
+        split: str,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch_size: int,
         start_batch: int = 0,
     ) -> None:
         if not 0 <= rank < world_size:
@@ -241,12 +248,24 @@ class TrainStream(IterableDataset):
 
 
 def make_train_loader(
-    manifest_dir: Path, split: str, *, batch_size: int, seed: int, rank: int, world_size: int, num_workers: int,
+    manifest_dir: Path,
+    split: str,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
     start_batch: int = 0,
 ) -> DataLoader:
     """DataLoader over a `TrainStream` (the stream batches; persistent workers keep their epoch position)."""
     stream = TrainStream(
-        manifest_dir, split, seed=seed, rank=rank, world_size=world_size, batch_size=batch_size,
+        manifest_dir,
+        split,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        batch_size=batch_size,
         start_batch=start_batch,
     )
     return DataLoader(

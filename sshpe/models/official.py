@@ -124,7 +124,9 @@ def _check_keys(
     if final is not None and final.shape[0] != num_joints:
         hint = f"; the checkpoint's final_layer has {final.shape[0]} joints, pass num_joints={final.shape[0]}"
     raise ValueError(
-        f"{path}: does not match {arch} with {num_joints} joints: " + "; ".join(problems) + hint
+        f"{path}: does not match {arch} with {num_joints} joints: "
+        + "; ".join(problems)
+        + hint
         + " (is it an official SimpleBaseline/HRNet pose checkpoint of this architecture?)"
     )
 

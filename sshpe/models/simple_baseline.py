@@ -193,4 +193,3 @@ def _resolve_head_channels(head_channels: tuple[int, ...], needed: int, backbone
         f"backbone {backbone!r} needs {needed} stride-2 deconvs to reach stride 4, but head_channels="
         f"{tuple(head_channels)} has {len(head_channels)}; pass head_channels with {needed} entries"
     )
-
