@@ -201,7 +201,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
         num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum,
     )) if semi else None  # fmt: skip
 
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics = MetricsLog(run_dir, accelerator.is_main_process)
     progress = _progress(accelerator, t.progress, sched.total, start)
     gen = torch.Generator(device=accelerator.device)
     last_log_step, window_t0, data_wait, seen = start, time.perf_counter(), 0.0, 0
@@ -222,9 +222,9 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
                 out = train_step(student, teacher, batch_l, batch_u, recipe, gen)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingDiverged(
-                        f"non-finite loss {out['loss'].item()} at step {step} (last logged finite loss at step "
-                        f"{last_log_step}); last good checkpoint: {last_ckpt or 'none'}. Lower optim.lr, set "
-                        "optim.grad_clip, or check the data of this window"
+                        f"non-finite loss {out['loss'].item()} at step {step + 1}, in the window since step "
+                        f"{last_log_step} (last logged finite loss); last good checkpoint: {last_ckpt or 'none'}. "
+                        "Lower optim.lr, set optim.grad_clip, or check the data of this window"
                     )
                 accelerator.backward(out["loss"])
                 if recipe.optim.grad_clip and accelerator.sync_gradients:
@@ -251,7 +251,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
             rec = {"step": step1, "epoch": round(step1 / sched.steps_per_epoch, 4), "lr": lr}
             rec |= {f"train/{k}": float(v.detach()) for k, v in out.items()}
             rec |= {"perf/samples_per_s": seen * world / max(dt, 1e-9), "perf/data_wait": data_wait / max(dt, 1e-9)}
-            _log(accelerator, metrics_path, rec)
+            metrics.write(rec)
             progress.update(step1, rec)
             last_log_step, window_t0, data_wait, seen = step1, time.perf_counter(), 0.0, 0
 
@@ -261,7 +261,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
 
         if itstime(step1, sched.eval_every) and step1 != sched.total:
             stats = _eval_and_log(
-                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics_path, step1
+                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics, step1
             )
             _set_modes(raw, teacher, recipe)
         progress.advance(step1)
@@ -271,10 +271,11 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
     sync_bn_buffers(accelerator, raw, teacher)
     if sched.total > start:
         save_checkpoint(accelerator, ckpt_root, sched.total, student, teacher, recipe, t.keep_last)
-    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics_path, sched.total)
+    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics, sched.total)
     if accelerator.is_main_process:
         net, name = eval_network(recipe, raw, teacher)
         export_model(net, run_dir / "final" / "model.safetensors", recipe, name)
+    metrics.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return stats
@@ -291,7 +292,7 @@ def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
     return raw.nets[0], "student"
 
 
-def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics_path: Path, step: int) -> dict:
+def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics: MetricsLog, step: int) -> dict:
     sync_bn_buffers(accelerator, raw, teacher)  # every rank scores the same network
     net, name = eval_network(recipe, raw, teacher)
     if recipe.teacher.kind == "dual" and recipe.teacher.eval_net == "ensemble":
@@ -304,7 +305,7 @@ def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, me
         out_dir.mkdir(parents=True, exist_ok=True)
     with accelerator.autocast():
         stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
-    _log(accelerator, metrics_path, {"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()})
+    metrics.write({"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()})
     if accelerator.is_main_process:
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     return stats
@@ -318,10 +319,33 @@ def _set_modes(nets, teacher, recipe: Recipe) -> None:
         teacher.train(recipe.teacher.kind in ("ema", "triple"))
 
 
-def _log(accelerator, path: Path, rec: dict) -> None:
-    if accelerator.is_main_process:
-        with open(path, "a") as f:
+class MetricsLog:
+    """Rank 0's metrics: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard (`tb/`) when the
+    `tensorboard` package is installed."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        self.path, self.main, self.tb = run_dir / "metrics.jsonl", main, None
+        if main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                pass
+
+    def write(self, rec: dict) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, rec["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 class _progress:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import smoke_recipe
 from safetensors.torch import load_file
@@ -29,6 +30,7 @@ def test_fit_writes_run_folder(smoke_shards, tmp_path):
     stats = fit(recipe, run)
     assert set(stats) == set(STATS) and all(0.0 <= v <= 1.0 or v == -1.0 for v in stats.values())
     assert (run / "recipe.yaml").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))  # TensorBoard mirror (tensorboard is a test extra)
     steps = [c for c, _ in complete_checkpoints(run / "checkpoints")]
     assert steps == [2, 4, 6]
     for name in ("model.safetensors", "optimizer.bin", "trainer_state.json", COMPLETE):
@@ -120,3 +122,24 @@ def test_recipe_pointing_at_missing_shards(tmp_path):
     assert "manifest.json does not exist" in res.stderr and "sshpe shard" in res.stderr
     assert "Traceback" not in res.stderr
     assert recipe.data.shards == tmp_path / "nowhere"
+
+
+def test_non_finite_loss_names_the_window(smoke_shards, tmp_path, monkeypatch):
+    import sshpe.loop as loop
+
+    real, calls = loop.train_step, {"n": 0}
+
+    def diverging(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "train_step", diverging)
+    with pytest.raises(loop.TrainingDiverged) as err:
+        fit(smoke_recipe(smoke_shards), tmp_path / "run")
+    msg = str(err.value)
+    assert "non-finite loss nan at step 5, in the window since step 4" in msg
+    assert "last good checkpoint: " in msg and msg.split("last good checkpoint: ")[1].startswith(str(tmp_path))
+    assert "step-000004" in msg
