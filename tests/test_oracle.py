@@ -4,6 +4,7 @@ shards, views, codec and evaluation agree (a half-pixel or flip bug shows up her
 from __future__ import annotations
 
 from conftest import smoke_recipe
+
 from sshpe.oracle import oracle_ap
 
 
