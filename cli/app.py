@@ -299,7 +299,11 @@ def import_weights(
 
     try:
         r = _load(recipe, set_)
-        model, report = import_official(checkpoint, r.model.arch, r.schema.num_joints, net=net)
+        m = r.model
+        model, report = import_official(
+            checkpoint, m.arch, r.schema.num_joints, net=net, head_channels=tuple(m.head_channels),
+            head_kernel=m.head_kernel,
+        )  # fmt: skip
         path = export_model(model, out, r, f"imported:{checkpoint.name}")
     except _user_errors() as e:
         _fail(str(e))

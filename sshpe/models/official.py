@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -132,7 +133,7 @@ def _check_keys(
 
 
 def import_official(
-    path: str | Path, arch: str, num_joints: int, *, net: str | None = None
+    path: str | Path, arch: str, num_joints: int, *, net: str | None = None, **model_kwargs: Any
 ) -> tuple[PoseModel, ImportReport]:
     """Loads an official pose checkpoint into a fresh sshpe model, strictly.
 
@@ -144,6 +145,8 @@ def import_official(
         num_joints: K heatmap channels of the checkpoint's final layer.
         net: which network of a multi-network checkpoint to load (its key prefix, e.g. "net2"); default: the
             first in sorted order.
+        model_kwargs: head settings for `build_model` (head_channels, head_kernel, final_kernel); the defaults
+            are the official 3 x 256 deconvs with 4x4 kernels.
 
     Returns:
         (model, report): the model with the checkpoint's weights (in train mode, on CPU) and what was done.
@@ -155,7 +158,7 @@ def import_official(
     path = Path(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     raw, container = _unwrap(obj, path)
-    model = build_model(arch, num_joints)
+    model = build_model(arch, num_joints, **model_kwargs)
     ours = model.state_dict()
     prefix, nets = _find_prefix(list(raw), set(ours), net, path)
     theirs = {from_official_key(k[len(prefix) :]): v for k, v in raw.items() if k.startswith(prefix)}
