@@ -255,6 +255,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
             progress.update(step1, rec)
             last_log_step, window_t0, data_wait, seen = step1, time.perf_counter(), 0.0, 0
 
+        t_side = time.perf_counter()  # checkpoint and eval time stays out of the samples/s window
         if itstime(step1, sched.ckpt_every) and step1 != sched.total:
             sync_bn_buffers(accelerator, raw, teacher)
             last_ckpt = save_checkpoint(accelerator, ckpt_root, step1, student, teacher, recipe, t.keep_last)
@@ -264,6 +265,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
                 recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics, step1
             )
             _set_modes(raw, teacher, recipe)
+        window_t0 += time.perf_counter() - t_side
         progress.advance(step1)
 
     # ------------------------------------------------------------------ final
