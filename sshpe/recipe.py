@@ -167,10 +167,19 @@ TeacherCfg = Annotated[
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _JointBoxOp(Cfg):
-    jitter: float = Field(10.0, ge=0, description="std of the Gaussian jitter added to joint positions (input px)")
+class _BoxOp(Cfg):
     half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
     half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
+
+    @model_validator(mode="after")
+    def _extent(self) -> _BoxOp:
+        if self.half_min > self.half_max:
+            raise ValueError(f"half_min={self.half_min} must be <= half_max={self.half_max}")
+        return self
+
+
+class _JointBoxOp(_BoxOp):
+    jitter: float = Field(10.0, ge=0, description="std of the Gaussian jitter added to joint positions (input px)")
 
 
 class JointCutoutOp(_JointBoxOp):
@@ -187,22 +196,18 @@ class JointCutOcclusionOp(_JointBoxOp):
     num: int = Field(2, ge=1, description="patches pasted per image")
 
 
-class CutoutOp(Cfg):
+class CutoutOp(_BoxOp):
     """CO: zero random boxes (reference §3.2)."""
 
     kind: Literal["cutout"]
     holes: int = Field(5, ge=1, description="boxes per image")
-    half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
-    half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
 
 
-class CutmixOp(Cfg):
+class CutmixOp(_BoxOp):
     """CM: fill random boxes with the same region of another image of the batch (reference §3.2)."""
 
     kind: Literal["cutmix"]
     holes: int = Field(2, ge=1, description="boxes per image")
-    half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
-    half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
 
 
 class MixupOp(Cfg):

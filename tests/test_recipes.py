@@ -49,6 +49,10 @@ BASE = {"name": "t", "data": {"shards": "shards/x"}}
         ({"augment": {"paths": [[{"kind": "joint_cutot"}]]}}, "did you mean 'joint_cutout'?"),
         ({"augment": {"paths": [[{"kind": "cutout", "holse": 2}]]}}, "augment.paths[0][0].holse: unknown field"),
         ({"train": {"duration": "3 weeks"}}, "train.duration: '3 weeks' is not a duration"),
+        (
+            {"augment": {"paths": [[{"kind": "cutmix", "half_min": 9, "half_max": 4}]]}},
+            "half_min=9 must be <= half_max=4",
+        ),
         ({"model": {"schema": "coco18"}}, "model.schema: 'coco18' is not one of ['coco17'"),
     ],
 )
