@@ -76,10 +76,15 @@ def op_params(op, recipe: Recipe) -> dict:
     return params
 
 
-def unlabeled_weight(recipe: Recipe, batch: int, device) -> torch.Tensor:
-    """(B,K) unsupervised joint weights: 1, except channels the data never labels (union24 dummies, §1.4)."""
-    mapped = torch.tensor([c >= 0 for c in recipe.schema.to_coco], dtype=torch.float32, device=device)
-    return mapped.expand(batch, -1)
+def unlabeled_weight(recipe: Recipe, batch_u: dict) -> torch.Tensor:
+    """(B,K) unsupervised joint weights: 1 (reference §1.4), except the union24 channels that COCO-17 shards never
+    label (its 7 dummies) when such shards feed a union24 head."""
+    b, k_data = batch_u["kpts"].shape[:2]
+    schema, device = recipe.schema, batch_u["kpts"].device
+    if k_data == schema.num_joints:
+        return torch.ones(b, k_data, device=device)
+    mapped = torch.tensor([c >= 0 for c in schema.to_coco], dtype=torch.float32, device=device)
+    return mapped.expand(b, -1)
 
 
 def train_step(
@@ -119,7 +124,7 @@ def train_step(
     # ---- what teaches each student network, from the easy view (no gradient) ----
     vu = easy_view(batch_u, recipe, generator)
     b = vu.img.shape[0]
-    w_u = unlabeled_weight(recipe, b, vu.img.device)
+    w_u = unlabeled_weight(recipe, batch_u)
     with torch.no_grad():
         teach, w_u = teacher_heatmaps(student, teacher, vu.img, kind, num_nets, w_u, recipe)
     joints = [heatmap_argmax(t) * HEATMAP_STRIDE for t in teach]

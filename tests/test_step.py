@@ -95,3 +95,15 @@ def test_dual_networks_teach_each_other(smoke_shards):
     # L(Q_a, T_b = 0) + L(Q_b = 0, T_a) = 0.5 mean(a^2) + 0.5 mean(a^2)
     assert out["loss_unsup"] > 0
     torch.testing.assert_close(out["loss_unsup"], a.pow(2).mean(), rtol=1e-4, atol=1e-9)
+
+
+def test_unlabeled_weights_mask_only_union_dummies(smoke_shards):
+    from sshpe.step import unlabeled_weight
+
+    _, unl = _batches(smoke_shards)
+    coco = unlabeled_weight(smoke_recipe(smoke_shards), unl)
+    assert coco.shape == (4, 17) and torch.all(coco == 1)
+    union = unlabeled_weight(smoke_recipe(smoke_shards, "model.schema=union24"), unl)
+    assert union.shape == (4, 24) and union[0].sum() == 17 and union[0, 0] == 0  # root is a dummy for COCO
+    mpii = {"kpts": torch.zeros(4, 16, 2)}  # MPII shards label all 16 channels
+    assert torch.all(unlabeled_weight(smoke_recipe(smoke_shards, "model.schema=mpii16"), mpii) == 1)
