@@ -190,7 +190,7 @@ def predict(
     model: Annotated[Path, typer.Argument(help="exported model.safetensors")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
     out: Annotated[Path, typer.Option(help="output folder for keypoints.json and overlays")] = Path("predictions"),
-    boxes: Annotated[Optional[Path], typer.Option(help="COCO detection JSON (file_name or image_id keyed)")] = None,
+    boxes: Annotated[Optional[Path], typer.Option(help="JSON list of {file_name, bbox [x,y,w,h], score} person boxes")] = None,
     overlay: Annotated[bool, typer.Option(help="also write images with the skeleton drawn")] = True,
 ) -> None:
     """Run a model on images (whole image as the person box unless --boxes is given)."""
