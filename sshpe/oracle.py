@@ -12,7 +12,8 @@ import numpy as np
 from sshpe.codec import decode_heatmaps
 from sshpe.data.shard_writer import read_manifest
 from sshpe.data.streams import make_val_loader
-from sshpe.evaluate import build_results, coco_keypoint_eval, eval_channels, heatmap_to_image
+from sshpe.evaluate import heatmap_to_image
+from sshpe.predict import score_predictions
 from sshpe.recipe import Recipe
 from sshpe.step import remap_labels
 from sshpe.views import identity_params, make_view, view_targets
@@ -37,7 +38,5 @@ def oracle_ap(recipe: Recipe, split: str | None = None) -> dict[str, float]:
         parts["image_id"].append(batch["image_id"].numpy())
         parts["score"].append(batch["score"].numpy())
     p = {k: np.concatenate(v) for k, v in parts.items()}
-    results = build_results(p["kpts"], p["maxvals"], p["image_id"], p["scale"], p["score"], recipe.schema,
-                            oks_thr=recipe.eval.oks_nms_thr, in_vis_thr=recipe.eval.in_vis_thr)  # fmt: skip
     gt = read_manifest(shards)["sources"]["val_annotations"]["path"]
-    return coco_keypoint_eval(Path(gt), results, eval_channels(recipe.schema)[1])
+    return score_predictions(p, recipe, Path(gt), None)

@@ -57,3 +57,27 @@ def test_user_errors_have_no_traceback(tmp_path):
     res = _run("shard", str(tmp_path), str(tmp_path / "out"))
     assert res.returncode == 2 and "no known dataset layout" in res.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_predict_uses_flip_test_from_metadata(tmp_path):
+    import json
+
+    import cv2
+    import numpy as np
+
+    from conftest import smoke_recipe
+    from sshpe.export import export_model
+    from sshpe.runner import predict_images
+
+    torch.manual_seed(0)
+    net = build_model("test_resnet", 17, head_channels=(16, 16, 16)).eval()
+    img = np.random.default_rng(0).integers(0, 255, (80, 60, 3)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    kpts = {}
+    for flip in (False, True):
+        recipe = smoke_recipe(tmp_path, f"eval.flip_test={str(flip).lower()}")
+        model = export_model(net, tmp_path / f"m{flip}.safetensors", recipe, "student")
+        out = predict_images(model, [tmp_path / "a.png"], tmp_path / f"p{flip}", None, overlay=False)
+        kpts[flip] = np.array(json.loads(out.read_text())["images"][0]["people"][0]["keypoints"])
+    assert kpts[False].shape == kpts[True].shape == (17, 3)
+    assert not np.allclose(kpts[False], kpts[True])  # the flipped pass changed the averaged heatmaps
