@@ -190,7 +190,9 @@ def predict(
     model: Annotated[Path, typer.Argument(help="exported model.safetensors")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
     out: Annotated[Path, typer.Option(help="output folder for keypoints.json and overlays")] = Path("predictions"),
-    boxes: Annotated[Optional[Path], typer.Option(help="JSON list of {file_name, bbox [x,y,w,h], score} person boxes")] = None,
+    boxes: Annotated[
+        Optional[Path], typer.Option(help="JSON list of {file_name, bbox [x,y,w,h], score} person boxes")
+    ] = None,
     overlay: Annotated[bool, typer.Option(help="also write images with the skeleton drawn")] = True,
 ) -> None:
     """Run a model on images (whole image as the person box unless --boxes is given)."""

@@ -3,14 +3,19 @@ user errors print one message without a traceback."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
+from conftest import smoke_recipe
 
-from sshpe.export import load_exported
+from sshpe.export import export_model, load_exported
 from sshpe.models import build_model
+from sshpe.runner import predict_images
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "sshpe._cli.app"]
@@ -60,15 +65,6 @@ def test_user_errors_have_no_traceback(tmp_path):
 
 
 def test_predict_uses_flip_test_from_metadata(tmp_path):
-    import json
-
-    import cv2
-    import numpy as np
-
-    from conftest import smoke_recipe
-    from sshpe.export import export_model
-    from sshpe.runner import predict_images
-
     torch.manual_seed(0)
     net = build_model("test_resnet", 17, head_channels=(16, 16, 16)).eval()
     img = np.random.default_rng(0).integers(0, 255, (80, 60, 3)).astype(np.uint8)
