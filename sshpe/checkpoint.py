@@ -37,6 +37,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from sshpe.export import fp32_state, model_metadata
+
 COMPLETE = "COMPLETE"
 STUDENT = "student.safetensors"
 TEACHER = "teacher.safetensors"
@@ -79,15 +81,7 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _fp32_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {
-        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in state.items()
-    }
-
-
 def _weights_metadata(recipe, network: str, num_nets: int, step: int) -> dict[str, str]:
-    from sshpe.export import model_metadata
-
     return model_metadata(recipe, network) | {
         "format": FORMAT, "container": "PoseNets", "num_nets": str(num_nets), "step": str(step),
     }  # fmt: skip
@@ -115,12 +109,12 @@ def save_checkpoint(
     state = accelerator.get_state_dict(student)  # collective under DeepSpeed; full fp32 for ZeRO-1/2
     if accelerator.is_main_process:
         num_nets = len(accelerator.unwrap_model(student).nets)
-        save_file(_fp32_cpu(state), str(tmp / STUDENT), metadata=_weights_metadata(recipe, "student", num_nets, step))
+        save_file(fp32_state(state), str(tmp / STUDENT), metadata=_weights_metadata(recipe, "student", num_nets, step))
         if os.environ.get("SSHPE_TEST_KILL_IN_CHECKPOINT") == str(step):
             os.kill(os.getpid(), signal.SIGKILL)  # test hook (module docstring): die with a torn temp folder
         if teacher is not None:
             meta = _weights_metadata(recipe, "teacher", len(teacher.nets), step)
-            save_file(_fp32_cpu(teacher.state_dict()), str(tmp / TEACHER), metadata=meta)
+            save_file(fp32_state(teacher.state_dict()), str(tmp / TEACHER), metadata=meta)
         info = {"step": step, **engine_info(accelerator), "mixed_precision": recipe.train.mixed_precision,
                 "grad_accum": recipe.train.grad_accum, "recipe_hash": recipe.hash()}  # fmt: skip
         (tmp / TRAINER_STATE).write_text(json.dumps(info, indent=1))

@@ -44,14 +44,19 @@ def model_metadata(recipe: Recipe, network: str) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
+def fp32_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state_dict as contiguous CPU tensors, floating ones in fp32 (integer buffers kept as they are)."""
+    return {
+        k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in state.items()
+    }
+
+
 def export_model(net: torch.nn.Module, path: Path, recipe: Recipe, network: str) -> Path:
     """Write one pose network (fp32, BN buffers included) with metadata, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-             for k, v in net.state_dict().items()}  # fmt: skip
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata=model_metadata(recipe, network))
+    save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network))
     os.replace(tmp, path)
     return path
 

@@ -16,6 +16,7 @@ from sshpe.checkpoint import latest_checkpoint, load_teacher_weights, load_weigh
 from sshpe.codec import decode_heatmaps, flip_back
 from sshpe.export import export_model, load_exported
 from sshpe.recipe import Recipe, RecipeError, load_recipe
+from sshpe.schema import flip_index_from_pairs
 from sshpe.views import normalize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -122,9 +123,7 @@ def predict_images(model: Path, images: list[Path], out: Path, boxes_file: Path 
     net, meta = load_exported(model)
     h_in, w_in = meta["input_size"]
     schema = meta["schema"]
-    flip_index = list(range(len(schema["names"])))
-    for a, b in schema["flip_pairs"]:
-        flip_index[a], flip_index[b] = b, a
+    flip_index = flip_index_from_pairs(len(schema["names"]), schema["flip_pairs"])
     boxes = None
     if boxes_file is not None:
         boxes = {}

@@ -40,10 +40,7 @@ class KeypointSchema:
 
     def flip_index(self) -> list[int]:
         """Channel permutation that a horizontal flip applies: `hm_flipped = hm[:, flip_index()]`."""
-        perm = list(range(self.num_joints))
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return perm
+        return flip_index_from_pairs(self.num_joints, self.flip_pairs)
 
     def as_metadata(self) -> dict:
         """A JSON-ready description stored in manifests and safetensors metadata."""
@@ -55,6 +52,14 @@ class KeypointSchema:
             "skeleton": [list(p) for p in self.skeleton],
             "joint_weights": list(self.joint_weights),
         }
+
+
+def flip_index_from_pairs(num_joints: int, flip_pairs) -> list[int]:
+    """Channel permutation swapping every (left, right) pair; also used on schemas read from model metadata."""
+    perm = list(range(num_joints))
+    for a, b in flip_pairs:
+        perm[a], perm[b] = b, a
+    return perm
 
 
 COCO_NAMES = (

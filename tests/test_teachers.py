@@ -39,13 +39,18 @@ def test_make_teacher_is_a_frozen_eval_copy() -> None:
         assert t.data_ptr() != s.data_ptr(), f"{k} shares storage with the student"
 
 
-@pytest.mark.parametrize("include_buffers", [True, False])
-def test_ema_update_matches_the_formula(include_buffers: bool) -> None:
+def _trained_pair():
+    """A student trained a few steps away from its teacher copy, and the teacher's state before any update."""
     torch.manual_seed(0)
     student = tiny_net()
     teacher = make_teacher(student)
     train_student(student)
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    return student, teacher, {k: v.clone() for k, v in teacher.state_dict().items()}
+
+
+@pytest.mark.parametrize("include_buffers", [True, False])
+def test_ema_update_matches_the_formula(include_buffers: bool) -> None:
+    student, teacher, before = _trained_pair()
     ema_update(teacher, student, 0.6, include_buffers=include_buffers)
     after, s = teacher.state_dict(), student.state_dict()
     for key in before:
@@ -60,11 +65,7 @@ def test_ema_update_matches_the_formula(include_buffers: bool) -> None:
 
 
 def test_ema_update_extremes() -> None:
-    torch.manual_seed(0)
-    student = tiny_net()
-    teacher = make_teacher(student)
-    train_student(student)
-    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student, teacher, frozen = _trained_pair()
     ema_update(teacher, student, 1.0, include_buffers=True)
     for key, value in teacher.state_dict().items():
         if not key.endswith("num_batches_tracked"):
