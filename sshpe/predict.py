@@ -23,12 +23,14 @@ def batch_to_device(batch: dict, device) -> dict:
 
 
 @torch.no_grad()
-def predict_heatmaps(net: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """(B,3,H,W) normalised crops -> (B,K,h,w) heatmaps, averaged with the flipped prediction when flip_test."""
+def predict_heatmaps(
+    net: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, flip_index: list[int] | None, shift: bool = True
+) -> torch.Tensor:
+    """(B,3,H,W) normalised crops -> (B,K,h,w) heatmaps; with a `flip_index` (flip test) averaged with the
+    prediction on the mirrored crops, flipped back (and shifted one column when `shift`, reference §1.8)."""
     hm = net(img).float()
-    if recipe.eval.flip_test:
-        hm_f = net(img.flip(-1)).float()
-        hm = 0.5 * (hm + flip_back(hm_f, recipe.schema.flip_index(), shift=recipe.eval.shift_heatmap))
+    if flip_index is not None:
+        hm = 0.5 * (hm + flip_back(net(img.flip(-1)).float(), flip_index, shift=shift))
     return hm
 
 
@@ -48,7 +50,8 @@ def predict_instances(net: Callable, loader, recipe: Recipe, device) -> dict[str
             batch, identity_params(b, device), d.input_size, recipe.schema.flip_index(),
             mean=d.mean, std=d.std, color=d.color,
         )  # fmt: skip
-        hm = predict_heatmaps(net, view.img, recipe)
+        flip_index = recipe.schema.flip_index() if recipe.eval.flip_test else None
+        hm = predict_heatmaps(net, view.img, flip_index, recipe.eval.shift_heatmap)
         kpts_hm, maxvals = decode_heatmaps(hm, mode=recipe.eval.decode)
         h_hm, w_hm = hm.shape[-2:]
         center, scale = batch["center"].double().cpu(), batch["scale"].double().cpu()

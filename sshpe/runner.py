@@ -13,8 +13,9 @@ import torch
 
 from sshpe import geometry
 from sshpe.checkpoint import latest_checkpoint, load_teacher_weights, load_weights
-from sshpe.codec import decode_heatmaps, flip_back
+from sshpe.codec import decode_heatmaps
 from sshpe.export import export_model, load_exported
+from sshpe.predict import predict_heatmaps
 from sshpe.recipe import Recipe, RecipeError, load_recipe
 from sshpe.schema import flip_index_from_pairs
 from sshpe.views import normalize
@@ -123,7 +124,9 @@ def predict_images(model: Path, images: list[Path], out: Path, boxes_file: Path 
     net, meta = load_exported(model)
     h_in, w_in = meta["input_size"]
     schema = meta["schema"]
-    flip_index = flip_index_from_pairs(len(schema["names"]), schema["flip_pairs"])
+    flip_index = (
+        flip_index_from_pairs(len(schema["names"]), schema["flip_pairs"]) if meta["decode"]["flip_test"] else None
+    )
     boxes = None
     if boxes_file is not None:
         boxes = {}
@@ -144,10 +147,7 @@ def predict_images(model: Path, images: list[Path], out: Path, boxes_file: Path 
             crop = normalize(
                 geometry.warp_images(rgb, m.float(), (h_in, w_in)), meta["mean"], meta["std"], meta["color"]
             )
-            hm = net(crop).float()
-            if meta["decode"]["flip_test"]:
-                flipped = net(crop.flip(-1)).float()
-                hm = 0.5 * (hm + flip_back(flipped, flip_index, shift=meta["decode"]["shift_heatmap"]))
+            hm = predict_heatmaps(net, crop, flip_index, meta["decode"]["shift_heatmap"])
             k_hm, maxv = decode_heatmaps(hm, mode=meta["decode"]["mode"])
             hm_m = geometry.crop_matrix(
                 c_t, s_t[:, 0], torch.zeros(1, dtype=torch.float64), (hm.shape[-1], hm.shape[-2])
