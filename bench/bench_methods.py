@@ -3,21 +3,34 @@
 Generates (or reuses) the synthetic dataset, shards it with ~1% of the train instances labeled, trains each method
 for each seed with `sshpe.loop.fit`, and writes a markdown table (AP per seed, mean) plus wall time and machine.
 
+Two profiles share the recipes and differ only in the network and the default budget:
+  cpu      the recipes with a width-8 pose HRNet (`hrnet_tiny`, 0.33M parameters): ~7x cheaper per sample than
+           ResNet-18 at 128x96 on a CPU core, learning somewhat slower per step (all labels, 1500 steps: 3.1 vs
+           5.4 AP); MUM / Pose-MUM mix at the HRNet stages instead of the ResNet ones. Default 1500 steps.
+  recipes  the recipes as written (ResNet-18 SimpleBaseline, narrow head). Default 3000 steps; meant for a GPU.
+
+Runs are resumable: a finished run (its `result.json` matches the settings) is reused, an interrupted one continues
+from its last checkpoint, so re-running the same command after a kill only does the missing work. `--fresh` starts
+every run again. `--jobs N` trains N runs at once in separate processes (CPU threads split between them).
+
 Usage:
-    python bench/bench_methods.py --quick --seeds 0 --methods supervised posecons     # CPU smoke (~minutes)
-    python bench/bench_methods.py --steps 3000 --seeds 0 1                             # the full table (GPU)
+    python bench/bench_methods.py --quick --seeds 0 --methods supervised posecons     # smoke (~minutes)
+    python bench/bench_methods.py --seeds 0 1 --jobs 2                                 # the CPU table
+    python bench/bench_methods.py --profile recipes --steps 3000 --seeds 0 1           # ResNet-18 table (GPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +40,7 @@ from sshpe.data.coco import load_instances
 from sshpe.data.prepare import find_sources, shard_dataset
 from sshpe.data.shard_writer import MANIFEST_NAME
 from sshpe.loop import fit
-from sshpe.recipe import load_recipe
+from sshpe.recipe import dump_recipe, load_recipe
 from sshpe.schema import get_schema
 from sshpe.synth import generate
 
@@ -38,6 +51,22 @@ METHODS = (
 )  # fmt: skip
 INPUT_HW = (128, 96)
 QUICK_STEPS = 60
+MUM_METHODS = ("mum", "posemum-eman")
+# relative step cost (forward+backward passes per step), used only to start the most expensive runs first
+COST = {"multiaugs-dual": 10.7, "multiaugs-single": 5.3, "posedual-jc": 4.7}
+HRNET_MUM = ["augment.mum.unmix_after=stage4", "augment.mum.pose_mum.candidates=[stage1,stage2,stage3]"]
+PROFILES = {
+    "cpu": {"steps": 1500, "overrides": ["model.arch=hrnet_tiny", "model.head_channels=[256,256,256]"]},
+    "recipes": {"steps": 3000, "overrides": []},
+}
+
+
+def profile_overrides(profile: str, method: str) -> list[str]:
+    """Recipe overrides a profile applies to one method (the MUM stage names follow the backbone)."""
+    extra = HRNET_MUM if profile == "cpu" and method in MUM_METHODS else []
+    if profile == "cpu" and method == "mum":
+        extra = extra[:1]  # plain MUM has no pose_mum section
+    return [*PROFILES[profile]["overrides"], *extra]
 
 
 def prepare_data(data: Path, shards: Path, *, num_train: int, num_val: int, label_frac: float, workers: int) -> int:
@@ -59,22 +88,38 @@ def prepare_data(data: Path, shards: Path, *, num_train: int, num_val: int, labe
     return labeled
 
 
-def run_one(method: str, seed: int, *, shards: Path, steps: int, overrides: list[str], run_root: Path) -> dict:
-    """Train one method for `steps` steps from scratch; returns {"AP": ..., "wall_s": ...}."""
+def run_one(
+    method: str, seed: int, *, shards: Path, steps: int, overrides: list[str], run_root: Path, threads: int, fresh: bool
+) -> dict:
+    """Train one method for `steps` steps from scratch (or finish/reuse that run); returns {"AP", "wall_s"}."""
+    torch.set_num_threads(threads)
     milestones = [max(1, round(steps * 2 / 3)), max(1, round(steps * 5 / 6))]  # the recipes' 2000/2500 of 3000
     recipe = load_recipe(
         REPO / "recipes" / f"{PREFIX}{method}.yaml",
         [
             f"data.shards={shards}", f"seed={seed}", f"train.duration={steps}", f"optim.milestones={milestones}",
-            f"train.ckpt_every={steps}", f"train.log_every={max(1, steps // 10)}", "train.progress=false",
+            f"train.ckpt_every={max(1, steps // 3)}", f"train.log_every={max(1, steps // 10)}", "train.progress=false",
             *overrides,
         ],
     )  # fmt: skip
     run_dir = run_root / method / f"seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time: the table compares equal budgets
+    done = run_dir / "result.json"
+    same = (run_dir / "recipe.yaml").is_file() and (run_dir / "recipe.yaml").read_text() == dump_recipe(recipe)
+    if not same or fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)  # another budget or network: the table compares equal runs
+    elif done.is_file():
+        return json.loads(done.read_text())
+    resumed = any((run_dir / "checkpoints").glob("*/COMPLETE")) if same and not fresh else False
     t0 = time.perf_counter()
-    stats = fit(recipe, run_dir, resume=False)
-    return {"AP": float(stats["AP"]), "wall_s": time.perf_counter() - t0}
+    stats = fit(recipe, run_dir, resume=True)
+    result = {"AP": float(stats["AP"]), "wall_s": time.perf_counter() - t0, "resumed": resumed}  # this process only
+    write_atomic(done, json.dumps(result) + "\n")
+    return result
+
+
+def _run_job(job: tuple) -> tuple[str, int, dict]:
+    method, seed, kwargs = job
+    return method, seed, run_one(method, seed, **kwargs)
 
 
 def machine() -> dict:
@@ -87,14 +132,17 @@ def machine() -> dict:
 
 def to_markdown(result: dict) -> str:
     seeds = result["seeds"]
-    head = "| method | " + " | ".join(f"AP seed {s}" for s in seeds) + " | mean AP | wall s |"
-    rows = [head, "|" + "---|" * (len(seeds) + 3)]
+    head = "| method | " + " | ".join(f"AP seed {s}" for s in seeds) + " | mean AP | vs supervised | wall s |"
+    rows = [head, "|" + "---|" * (len(seeds) + 4)]
+    base = result["methods"].get("supervised", {}).get("mean_AP")
     for method, r in result["methods"].items():
         aps = " | ".join(f"{100 * a:.2f}" for a in r["AP"])
-        rows.append(f"| {method} | {aps} | {100 * r['mean_AP']:.2f} | {sum(r['wall_s']):.0f} |")
+        delta = f"{100 * (r['mean_AP'] - base):+.2f}" if base is not None and method != "supervised" else ""
+        rows.append(f"| {method} | {aps} | {100 * r['mean_AP']:.2f} | {delta} | {sum(r['wall_s']):.0f} |")
     m = result["machine"]
     return "\n".join([
-        f"# Synthetic method comparison ({result['steps']} steps, {result['labeled']} labeled instances)", "",
+        f"# Synthetic method comparison ({result['profile']} profile, {result['steps']} steps, "
+        f"{result['labeled']} labeled instances)", "",
         f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
         f"Machine: {m['platform']}, {m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}, torch {m['torch']}  ",
         f"Total wall time: {result['wall_s']:.0f} s", "", *rows, "",
@@ -115,8 +163,12 @@ def main() -> None:
     )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds (recipe `seed`)")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps per run (LR drops at 2/3 and 5/6)")
-    p.add_argument("--quick", action="store_true", help=f"CPU smoke budget: {QUICK_STEPS} steps")
+    p.add_argument("--profile", default="cpu", choices=PROFILES, help="network and default budget (see above)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (LR drops at 2/3 and 5/6)")
+    p.add_argument("--quick", action="store_true", help=f"smoke budget: {QUICK_STEPS} steps")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (separate processes)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / jobs)")
+    p.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing/resuming")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override section.field=value")
     p.add_argument("--data", type=Path, default=REPO / "data" / "synth", help="synthetic dataset folder")
     p.add_argument("--shards", type=Path, default=REPO / "shards" / "synth1pct", help="1%%-label shard folder")
@@ -124,28 +176,46 @@ def main() -> None:
     p.add_argument("--val-images", type=int, default=300, help="synthetic val images when generating")
     p.add_argument("--label-frac", type=float, default=0.01, help="labeled fraction of the train instances")
     p.add_argument("--workers", type=int, default=2, help="processes for generation and sharding")
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_methods", help="run folders")
+    p.add_argument("--runs", type=Path, default=None, help="run folders (default runs/bench_methods/PROFILE)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "methods.json", help="JSON; .md beside")
     args = p.parse_args()
-    steps = QUICK_STEPS if args.quick else args.steps
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    steps = QUICK_STEPS if args.quick else args.steps or PROFILES[args.profile]["steps"]
+    run_root = args.runs or REPO / "runs" / "bench_methods" / args.profile
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
 
     t0 = time.perf_counter()
     labeled = prepare_data(args.data, args.shards, num_train=args.train_images, num_val=args.val_images,
                            label_frac=args.label_frac, workers=args.workers)  # fmt: skip
+    jobs = [
+        (method, seed, dict(
+            shards=args.shards, steps=steps, overrides=[*profile_overrides(args.profile, method), *args.overrides],
+            run_root=run_root, threads=threads, fresh=args.fresh,
+        ))
+        for method in args.methods for seed in args.seeds
+    ]  # fmt: skip
+    jobs.sort(key=lambda j: -COST.get(j[0], 1))  # most expensive first: parallel runs finish closer together
+    done: dict[tuple[str, int], dict] = {}
+    if args.jobs == 1:
+        results = map(_run_job, jobs)
+    else:
+        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        results = (f.result() for f in [pool.submit(_run_job, j) for j in jobs])
+    for method, seed, r in results:
+        print(f"{method:18s} seed {seed}: AP {100 * r['AP']:.2f} ({r['wall_s']:.0f} s)", flush=True)
+        done[method, seed] = r
     methods: dict[str, dict] = {}
     for method in args.methods:
-        runs = []
-        for seed in args.seeds:
-            r = run_one(method, seed, shards=args.shards, steps=steps, overrides=args.overrides, run_root=args.runs)
-            print(f"{method:18s} seed {seed}: AP {100 * r['AP']:.2f} ({r['wall_s']:.0f} s)", flush=True)
-            runs.append(r)
+        runs = [done[method, seed] for seed in args.seeds]
         aps = [r["AP"] for r in runs]
         methods[method] = {"AP": aps, "mean_AP": sum(aps) / len(aps), "wall_s": [r["wall_s"] for r in runs]}
 
     result = {
         "command": "python bench/bench_methods.py " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "steps": steps, "seeds": args.seeds, "labeled": labeled, "overrides": args.overrides,
+        "profile": args.profile, "steps": steps, "seeds": args.seeds, "labeled": labeled, "jobs": args.jobs,
+        "overrides": [*PROFILES[args.profile]["overrides"], *args.overrides],
         "machine": machine(), "methods": methods, "wall_s": time.perf_counter() - t0,
     }  # fmt: skip
     write_atomic(args.out, json.dumps(result, indent=1) + "\n")

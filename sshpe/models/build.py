@@ -50,7 +50,7 @@ ARCHS: dict[str, ModelCtor] = {
     "resnet152": partial(_simple_baseline, "resnet152"),
     "hrnet_w32": partial(_hrnet, "hrnet_w32"),
     "hrnet_w48": partial(_hrnet, "hrnet_w48"),
-    "hrnet_tiny": partial(_hrnet, "hrnet_tiny"),  # test-only: width 8, one block per branch
+    "hrnet_tiny": partial(_hrnet, "hrnet_tiny"),  # width 8, one block per branch: tests, CPU benchmarks
 }
 
 
@@ -85,7 +85,7 @@ def build_model(
 
     Args:
         arch: "resnet18" ... "resnet152" (SimpleBaseline), "hrnet_w32"/"hrnet_w48" (pose HRNet), "hrnet_tiny"
-            (tests), or "timm:<name>" / any timm model name (SimpleBaseline head on that backbone).
+            (tests, CPU benchmarks), or "timm:<name>" / any timm model name (SimpleBaseline head on that backbone).
         num_joints: K heatmap channels (17 for COCO).
         pretrained: load timm's ImageNet backbone weights (needs network or a local timm cache).
         head_channels: SimpleBaseline deconv widths (reference: 3 x 256).
