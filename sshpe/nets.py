@@ -76,4 +76,24 @@ def build_nets(recipe) -> PoseNets:
         )
         for _ in range(count)
     ]
+    check_mix_stages(recipe.augment.mum, m.arch, nets[0].stages)
     return PoseNets(nets)
+
+
+def check_mix_stages(mum, arch: str, stages: list[str]) -> None:
+    """Reject MUM / Pose-MUM stage names the backbone does not have (or a Pose-MUM stage after the unmix point):
+    such a mask would be applied and never undone, silently training on mixed features.
+
+    Raises:
+        ValueError: naming the recipe field, the architecture and its stages.
+    """
+    if mum is None:
+        return
+    if mum.unmix_after not in stages:
+        raise ValueError(f"augment.mum.unmix_after={mum.unmix_after!r}: {arch} has no such encoder stage; "
+                         f"its stages are {stages} (ResNets end with layer4, HRNets with stage4)")  # fmt: skip
+    allowed = stages[: stages.index(mum.unmix_after) + 1]
+    bad = [c for c in (mum.pose_mum.candidates if mum.pose_mum else ()) if c not in allowed]
+    if bad:
+        raise ValueError(f"augment.mum.pose_mum.candidates {bad}: not a stage of {arch} up to unmix_after="
+                         f"{mum.unmix_after!r}; choose from {allowed}")  # fmt: skip

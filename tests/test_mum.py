@@ -111,3 +111,23 @@ def test_sample_pose_mum_stages() -> None:
         assert abs(sum(name in d for d in draws) / 2000 - 0.5) < 0.05
     assert all(d == [c for c in cands if c in d] for d in draws)
     assert sample_pose_mum_stages(cands, 0.5, generator=gen(5)) == sample_pose_mum_stages(cands, 0.5, generator=gen(5))
+
+
+POSE_MUM_RECIPE = "recipes/synth1pct-synth_res18-128x96_posemum-eman.yaml"
+HRNET = ["model.arch=hrnet_tiny", "model.head_channels=[256,256,256]"]
+
+
+def test_mix_stages_must_exist_in_the_backbone() -> None:
+    """A ResNet stage name on an HRNet would mix and never unmix: refused when the networks are built."""
+    from sshpe.nets import build_nets
+    from sshpe.recipe import load_recipe
+
+    with pytest.raises(ValueError, match=r"augment.mum.unmix_after='layer4': hrnet_tiny has no such encoder stage"):
+        build_nets(load_recipe(POSE_MUM_RECIPE, HRNET))
+    late = [*HRNET, "augment.mum.unmix_after=stage3", "augment.mum.pose_mum.candidates=[stage2,stage4]"]
+    with pytest.raises(ValueError, match=r"candidates \['stage4'\]"):
+        build_nets(load_recipe(POSE_MUM_RECIPE, late))
+    ok = [*HRNET, "augment.mum.unmix_after=stage4", "augment.mum.pose_mum.candidates=[stage1,stage2,stage3]"]
+    nets = build_nets(load_recipe(POSE_MUM_RECIPE, ok))
+    assert nets.nets[0].stages[-1] == "stage4"
+    assert build_nets(load_recipe(POSE_MUM_RECIPE)).nets[0].stages[-1] == "layer4"
