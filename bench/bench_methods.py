@@ -109,7 +109,7 @@ def run_one(
         shutil.rmtree(run_dir, ignore_errors=True)  # another budget or network: the table compares equal runs
     elif done.is_file():
         return json.loads(done.read_text())
-    resumed = any((run_dir / "checkpoints").glob("*/COMPLETE")) if same and not fresh else False
+    resumed = any((run_dir / "checkpoints").glob("*/COMPLETE"))  # an interrupted run of the same settings
     t0 = time.perf_counter()
     stats = fit(recipe, run_dir, resume=True)
     result = {"AP": float(stats["AP"]), "wall_s": time.perf_counter() - t0, "resumed": resumed}  # this process only
