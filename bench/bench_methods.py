@@ -11,7 +11,8 @@ Two profiles share the recipes and differ only in the network and the default bu
 
 Runs are resumable: a finished run (its `result.json` matches the settings) is reused, an interrupted one continues
 from its last checkpoint, so re-running the same command after a kill only does the missing work. `--fresh` starts
-every run again. `--jobs N` trains N runs at once in separate processes (CPU threads split between them).
+every run again. `--jobs N` trains N runs at once in separate processes (CPU threads split between them); on
+Linux they die with the bench process, so a killed bench leaves no run training behind.
 
 Usage:
     python bench/bench_methods.py --quick --seeds 0 --methods supervised posecons     # smoke (~minutes)
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -117,6 +119,17 @@ def run_one(
     return result
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux a worker gets SIGTERM when the bench process dies, so killing the bench (even with
+    SIGKILL) does not leave orphaned runs training into the run folders a restarted bench then uses."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run_job(job: tuple) -> tuple[str, int, dict]:
     method, seed, kwargs = job
     return method, seed, run_one(method, seed, **kwargs)
@@ -200,7 +213,8 @@ def main() -> None:
     if args.jobs == 1:
         results = map(_run_job, jobs)
     else:
-        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_die_with_parent)
         results = (f.result() for f in [pool.submit(_run_job, j) for j in jobs])
     for method, seed, r in results:
         print(f"{method:18s} seed {seed}: AP {100 * r['AP']:.2f} ({r['wall_s']:.0f} s)", flush=True)
