@@ -6,7 +6,8 @@ for each seed with `sshpe.loop.fit`, and writes a markdown table (AP per seed, m
 Two profiles share the recipes and differ only in the network and the default budget:
   cpu      the recipes with a width-8 pose HRNet (`hrnet_tiny`, 0.33M parameters): ~7x cheaper per sample than
            ResNet-18 at 128x96 on a CPU core, learning somewhat slower per step (all labels, 1500 steps: 3.1 vs
-           5.4 AP); MUM / Pose-MUM mix at the HRNet stages instead of the ResNet ones. Default 1500 steps.
+           5.4 AP); MUM / Pose-MUM mix at the HRNet stages instead of the ResNet ones. Default 1000 steps
+           (the CPU table in docs/benchmarks.md: ~82 min with --jobs 2 on 2 cores).
   recipes  the recipes as written (ResNet-18 SimpleBaseline, narrow head). Default 3000 steps; meant for a GPU.
 
 Runs are resumable: a finished run (its `result.json` matches the settings) is reused, an interrupted one continues
@@ -16,7 +17,7 @@ Linux they die with the bench process, so a killed bench leaves no run training 
 
 Usage:
     python bench/bench_methods.py --quick --seeds 0 --methods supervised posecons     # smoke (~minutes)
-    python bench/bench_methods.py --seeds 0 1 --jobs 2                                 # the CPU table
+    python bench/bench_methods.py --seeds 0 1 --jobs 2                                 # the CPU table (~82 min)
     python bench/bench_methods.py --profile recipes --steps 3000 --seeds 0 1           # ResNet-18 table (GPU)
 """
 
@@ -58,7 +59,7 @@ MUM_METHODS = ("mum", "posemum-eman")
 COST = {"multiaugs-dual": 10.7, "multiaugs-single": 5.3, "posedual-jc": 4.7}
 HRNET_MUM = ["augment.mum.unmix_after=stage4", "augment.mum.pose_mum.candidates=[stage1,stage2,stage3]"]
 PROFILES = {
-    "cpu": {"steps": 1500, "overrides": ["model.arch=hrnet_tiny", "model.head_channels=[256,256,256]"]},
+    "cpu": {"steps": 1000, "overrides": ["model.arch=hrnet_tiny", "model.head_channels=[256,256,256]"]},
     "recipes": {"steps": 3000, "overrides": []},
 }
 
