@@ -13,8 +13,8 @@ from pycocotools.coco import COCO
 
 from sshpe.schema import COCO17
 from sshpe.synth import VAL_ID_OFFSET, generate
-from sshpe.synth_figures import FACINGS, LABELS_PER_LAYER, sample_figure
-from sshpe.synth_scene import SceneKnobs, box_iou, render_background, render_scene
+from sshpe.synth.figures import FACINGS, LABELS_PER_LAYER, sample_figure
+from sshpe.synth.scene import SceneKnobs, box_iou, render_background, render_scene
 
 W, H = 320, 240
 NUM_TRAIN, NUM_VAL = 6, 4

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sshpe.synth_figures import LABELS_PER_LAYER, Figure, draw_shape, render_figure, sample_figure
+from sshpe.synth.figures import LABELS_PER_LAYER, Figure, draw_shape, render_figure, sample_figure
 
 
 @dataclass(frozen=True)

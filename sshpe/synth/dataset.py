@@ -1,7 +1,7 @@
 """`sshpe synth`: writes the built-in synthetic COCO-format person-keypoint dataset (DESIGN decision 11).
 
 Owns the on-disk layout, the COCO JSON files, per-image seeding and the worker pool; the pictures themselves come
-from `sshpe.synth_scene` (composition) and `sshpe.synth_figures` (people).
+from `sshpe.synth.scene` (composition) and `sshpe.synth.figures` (people).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from rich.progress import track
 
 from sshpe.schema import COCO17
-from sshpe.synth_figures import FACINGS
-from sshpe.synth_scene import SceneKnobs, render_scene
+from sshpe.synth.figures import FACINGS
+from sshpe.synth.scene import SceneKnobs, render_scene
 
 SPLITS = ("train", "val")
 VAL_ID_OFFSET = 1_000_000_000  # val image/annotation ids start here, so ids never clash across splits
