@@ -60,15 +60,30 @@ def synth(
     val: Annotated[int, typer.Option(help="validation images")] = 300,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 0,
     workers: Annotated[int, typer.Option(help="parallel processes")] = 2,
+    stats: Annotated[bool, typer.Option("--stats", help="only report the statistics of the dataset at OUT")] = False,
 ) -> None:
-    """Generate the built-in synthetic COCO-format person-keypoint dataset."""
+    """Generate the built-in synthetic COCO-format person-keypoint dataset (and print how COCO-like it is)."""
     from sshpe.synth import generate
+    from sshpe.synth.stats import check_bounds, file_stats, stats_table
 
     try:
-        summary = generate(out, num_train=train, num_val=val, seed=seed, workers=workers)
+        if stats:
+            files = {s: out / "annotations" / f"person_keypoints_{s}.json" for s in ("train", "val")}
+            by_split = {s: file_stats(f) for s, f in files.items() if f.is_file()}
+            if not by_split:
+                _fail(f"{out}/annotations has no person_keypoints_{{train,val}}.json; run `sshpe synth {out}` first")
+        else:
+            summary = generate(out, num_train=train, num_val=val, seed=seed, workers=workers)
+            by_split = summary["stats"]
+            console.print(f"wrote {out}: {summary['images']['train']} train + {summary['images']['val']} val images "
+                          f"in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s)")  # fmt: skip
     except _user_errors() as e:
         _fail(str(e))
-    console.print(f"wrote {out}: {summary}")
+    console.print(stats_table(by_split))
+    for split, st in by_split.items():
+        missed = check_bounds(st) if st.get("persons") else ["no persons"]
+        if missed:
+            console.print(f"[yellow]{split}: outside COCO's bounds: {'; '.join(missed)}[/]")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from sshpe.distributed import build_accelerator, check_prepared, engine_info, ma
 from sshpe.export import export_model
 from sshpe.nets import build_nets
 from sshpe.predict import batch_to_device, merge_instances, predict_instances, score_predictions
+from sshpe.pseudo_labels import pseudo_label_pck
 from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from sshpe.step import train_step
 from sshpe.teachers import decay_at, ema_update, make_teacher
@@ -220,6 +221,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
             data_wait += time.perf_counter() - t0
             with accelerator.accumulate(student), accelerator.autocast():
                 out = train_step(student, teacher, batch_l, batch_u, recipe, gen)
+                pseudo = out.pop("pseudo_labels", None)
                 if not torch.isfinite(out["loss"]):
                     raise TrainingDiverged(
                         f"non-finite loss {out['loss'].item()} at step {step + 1}, in the window since step "
@@ -250,6 +252,8 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
             dt = time.perf_counter() - window_t0
             rec = {"step": step1, "epoch": round(step1 / sched.steps_per_epoch, 4), "lr": lr}
             rec |= {f"train/{k}": float(v.detach()) for k, v in out.items()}
+            if pseudo is not None:  # the hidden ground truth is read here, for this metric only
+                rec |= {f"train/{k}": v for k, v in pseudo_label_pck(pseudo, batch_u, recipe.schema).items()}
             rec |= {"perf/samples_per_s": seen * world / max(dt, 1e-9), "perf/data_wait": data_wait / max(dt, 1e-9)}
             metrics.write(rec)
             progress.update(step1, rec)

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -167,9 +167,42 @@ TeacherCfg = Annotated[
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _BoxOp(Cfg):
-    half_min: int = Field(10, ge=1, description="smallest box half-extent (input px)")
-    half_max: int = Field(19, ge=1, description="largest box half-extent (input px)")
+REF_INPUT_HEIGHT = 256  # the reference's op sizes are pixels of its 256x192 input
+
+
+class _SizedOp(Cfg):
+    """An op with pixel sizes that can instead be given as fractions of the input height."""
+
+    unit: Literal["px", "input_frac"] = Field(
+        "px",
+        description="px: sizes in input pixels (the reference's values at its input size); input_frac: sizes as "
+        "fractions of the input height for both axes, so the op covers the same share of any input; omitted sizes "
+        "then default to the reference's 256x192 pixel values divided by 256",
+    )
+    _px_sizes: ClassVar[dict[str, float]] = {}  # size field -> the reference's pixel default
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fraction_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("unit") == "input_frac":
+            return {**{k: v / REF_INPUT_HEIGHT for k, v in cls._px_sizes.items()}, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _sizes_in_unit(self) -> _SizedOp:
+        for name in self._px_sizes:
+            v = getattr(self, name)
+            if self.unit == "input_frac" and not 0 <= v <= 1:
+                raise ValueError(f"{name}={v} with unit=input_frac must be a fraction of the input height in [0, 1]")
+            if self.unit == "px" and name.startswith("half") and v != int(v):
+                raise ValueError(f"{name}={v} with unit=px must be a whole number of pixels (or use unit=input_frac)")
+        return self
+
+
+class _BoxOp(_SizedOp):
+    half_min: int | float = Field(10, gt=0, description="smallest box half-extent (in `unit`)")
+    half_max: int | float = Field(19, gt=0, description="largest box half-extent (in `unit`)")
+    _px_sizes: ClassVar[dict[str, float]] = {"half_min": 10, "half_max": 19}
 
     @model_validator(mode="after")
     def _extent(self) -> _BoxOp:
@@ -179,7 +212,8 @@ class _BoxOp(Cfg):
 
 
 class _JointBoxOp(_BoxOp):
-    jitter: float = Field(10.0, ge=0, description="std of the Gaussian jitter added to joint positions (input px)")
+    jitter: float = Field(10.0, ge=0, description="std of the Gaussian jitter added to joint positions (in `unit`)")
+    _px_sizes: ClassVar[dict[str, float]] = {"half_min": 10, "half_max": 19, "jitter": 10}
 
 
 class JointCutoutOp(_JointBoxOp):
@@ -217,12 +251,14 @@ class MixupOp(Cfg):
     alpha: float = Field(0.2, gt=0, description="Beta distribution parameter")
 
 
-class RandAugmentOp(Cfg):
+class RandAugmentOp(_SizedOp):
     """RandAugment on the device (reference §2.4): `n` photometric ops at magnitude `magnitude` of 30."""
 
     kind: Literal["randaugment"]
     n: int = Field(2, ge=1, description="ops per image")
     magnitude: float = Field(20.0, ge=0, le=30, description="magnitude on the 0-30 scale")
+    cutout_max: float = Field(80.0, ge=0, description="side of CutoutAbs's square at magnitude 30 (in `unit`)")
+    _px_sizes: ClassVar[dict[str, float]] = {"cutout_max": 80}
 
 
 OpCfg = Annotated[

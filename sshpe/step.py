@@ -11,9 +11,10 @@ from torch import nn
 
 from sshpe.augment.hard_affine import sample_hard_theta, warp_normalized
 from sshpe.augment.mum import make_mix_mask, sample_pose_mum_stages
-from sshpe.augment.ops import apply_ops
+from sshpe.augment.ops import apply_ops, to_pixels
 from sshpe.losses import joints_mse
 from sshpe.nets import MixPlan
+from sshpe.pseudo_labels import PseudoLabels
 from sshpe.recipe import Recipe
 from sshpe.views import HEATMAP_STRIDE, make_view, sample_easy_params, view_targets
 
@@ -69,8 +70,9 @@ def _mix_plan(recipe: Recipe, batch: int, generator: torch.Generator, device) ->
 
 
 def op_params(op, recipe: Recipe) -> dict:
-    """Keyword arguments of one augmentation op; RandAugment also needs the normalisation to undo."""
-    params = op.model_dump(exclude={"kind"})
+    """Keyword arguments of one augmentation op, sizes in input pixels; RandAugment also needs the normalisation
+    to undo."""
+    params = to_pixels(op.model_dump(exclude={"kind"}), recipe.data.input_size[0])
     if op.kind == "randaugment":
         params |= {"mean": recipe.data.mean, "std": recipe.data.std}
     return params
@@ -105,7 +107,8 @@ def train_step(
         generator: drives every random draw of this step.
 
     Returns:
-        {"loss": scalar to backpropagate, "loss_sup": ..., "loss_unsup": ...} (detached parts).
+        {"loss": scalar to backpropagate, "loss_sup": ..., "loss_unsup": ...} (detached parts) and, with unlabeled
+        data, "pseudo_labels": the `PseudoLabels` the hard paths were taught with (for metrics; not a scalar).
     """
     kind = recipe.teacher.kind
     num_nets = {"dual": 2, "triple": 3}.get(kind, 1)
@@ -149,6 +152,7 @@ def train_step(
                 loss_unsup = loss_unsup + weights[p] * joints_mse(pred, targets[i], w_u)
     out["loss_unsup"] = loss_unsup.detach()
     out["loss"] = loss_sup + aug.unsup_weight * loss_unsup
+    out["pseudo_labels"] = PseudoLabels(joints=joints, view=vu)
     return out
 
 

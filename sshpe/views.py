@@ -34,12 +34,14 @@ class View:
         kpts: (B,K,2) keypoints in crop px (left/right already swapped for flipped samples).
         vis: (B,K) COCO visibility (0/1/2) after the flip swap.
         canvas_to_crop: (B,2,3) affine from canvas px to crop px (float64).
+        flip: (B,) bool, the samples that were mirrored (their left/right channels swapped).
     """
 
     img: torch.Tensor
     kpts: torch.Tensor
     vis: torch.Tensor
     canvas_to_crop: torch.Tensor
+    flip: torch.Tensor
 
 
 def sample_easy_params(
@@ -103,14 +105,21 @@ def make_view(
 
     img = geometry.warp_images(canvas, canvas_to_crop.float(), (h, w))
     img = normalize(img, mean, std, color)
+    flip = params.flip.to(dev)
+    kpts, vis = map_keypoints(canvas_to_crop, flip, batch["kpts"], batch["vis"], flip_index)
+    return View(img=img, kpts=kpts, vis=vis, canvas_to_crop=canvas_to_crop, flip=flip)
 
-    kpts = geometry.apply_affine(canvas_to_crop, batch["kpts"].to(dev, torch.float64)).float()
-    vis = batch["vis"].to(dev)
+
+def map_keypoints(canvas_to_crop: torch.Tensor, flip: torch.Tensor, kpts: torch.Tensor, vis: torch.Tensor,
+                  flip_index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Canvas keypoints (B,K,2) and visibility (B,K) -> the view's: crop px (float32), left/right channels swapped
+    where `flip` (B,) is set."""
+    dev = canvas_to_crop.device
+    out = geometry.apply_affine(canvas_to_crop, kpts.to(dev, torch.float64)).float()
+    vis = vis.to(dev)
     perm = torch.tensor(flip_index, device=dev)
-    fl = params.flip.view(b, 1)
-    kpts = torch.where(fl.unsqueeze(-1), kpts[:, perm], kpts)
-    vis = torch.where(fl, vis[:, perm], vis)
-    return View(img=img, kpts=kpts, vis=vis, canvas_to_crop=canvas_to_crop)
+    fl = flip.view(-1, 1)
+    return torch.where(fl.unsqueeze(-1), out[:, perm], out), torch.where(fl, vis[:, perm], vis)
 
 
 def view_targets(view: View, sigma: float, joint_weights: torch.Tensor | None = None):

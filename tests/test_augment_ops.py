@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import typing
 
 import numpy as np
@@ -20,6 +21,7 @@ from sshpe.augment.ops import (
     joint_cutout,
     mixup,
     sample_beta,
+    to_pixels,
 )
 from sshpe.augment.randaugment import RA_OPS, rand_augment
 from sshpe.geometry import apply_affine
@@ -70,14 +72,68 @@ def test_every_op_is_deterministic_per_seed_and_pure(kind: str, quirks: bool) ->
 
 
 def test_ops_accept_every_recipe_op_config() -> None:
-    """`apply_ops` is fed `op.model_dump(exclude={"kind"})`: every recipe op's fields must be op keywords."""
+    """`apply_ops` is fed `to_pixels(op.model_dump(exclude={"kind"}))`: every recipe op's fields must be op
+    keywords, in either unit."""
     img, joints = batch()
     union = typing.get_args(typing.get_args(OpCfg)[0])
     assert {cls.model_fields["kind"].annotation.__args__[0] for cls in union} == set(OPS)
     for cls in union:
-        op = cls(kind=cls.model_fields["kind"].annotation.__args__[0])
-        out = apply_ops(img, [(op.kind, op.model_dump(exclude={"kind"}))], joints=joints, generator=gen(0))
-        assert out.shape == img.shape
+        kind = cls.model_fields["kind"].annotation.__args__[0]
+        for extra in ({}, {"unit": "input_frac"} if "unit" in cls.model_fields else {}):
+            op = cls(kind=kind, **extra)
+            params = to_pixels(op.model_dump(exclude={"kind"}), img.shape[-2])
+            out = apply_ops(img, [(op.kind, params)], joints=joints, generator=gen(0))
+            assert out.shape == img.shape
+
+
+@pytest.mark.parametrize("kind", ["joint_cutout", "joint_cut_occlusion", "cutout", "cutmix", "randaugment"])
+def test_input_fraction_sizes_at_256x192_equal_the_pixel_sizes(kind: str) -> None:
+    """A size given as a fraction of the input height equals the reference's pixel size at 256x192: the default
+    fractions (reference px / 256) and explicit ones give the same op output as the pixel recipe."""
+    from sshpe.recipe import REF_INPUT_HEIGHT, validate_recipe
+
+    torch.manual_seed(0)
+    img = torch.randn(3, 3, 256, 192)
+    joints = torch.rand(3, 17, 2) * torch.tensor([192.0, 256.0])
+    px_op = {"kind": kind}
+    sized = {k: v for k, v in validate_recipe(_recipe_with([px_op])).augment.paths[0][0].model_dump().items()
+             if k in ("half_min", "half_max", "jitter", "cutout_max")}  # fmt: skip
+    explicit = {"kind": kind, "unit": "input_frac", **{k: v / REF_INPUT_HEIGHT for k, v in sized.items()}}
+    outs = []
+    for spec in (px_op, {"kind": kind, "unit": "input_frac"}, explicit):
+        op = validate_recipe(_recipe_with([spec])).augment.paths[0][0]
+        params = to_pixels(op.model_dump(exclude={"kind"}), 256)
+        assert {k: params[k] for k in sized} == sized
+        outs.append(apply_ops(img, [(kind, params)], joints=joints, generator=gen(5)))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_input_fraction_sizes_scale_with_the_input() -> None:
+    """At 128x96 the scaled JC boxes are half the reference's (half-extents 5..10 px instead of 10..19)."""
+    params = to_pixels({"unit": "input_frac", "half_min": 10 / 256, "half_max": 19 / 256, "jitter": 10 / 256}, 128)
+    assert params == {"half_min": 5, "half_max": 10, "jitter": 5.0}
+    img = torch.zeros(64, 3, 128, 96)
+    joints = torch.full((64, 17, 2), 48.0)
+    _, trace = joint_cutout(img, joints, generator=gen(1), return_trace=True, **params)
+    half = (trace.boxes[..., 2:] - trace.boxes[..., :2]) / 2
+    assert half.min() >= 5 and half.max() <= 10 and half.max() == 10
+
+
+def test_sizes_are_validated_in_their_unit() -> None:
+    from sshpe.recipe import RecipeError, validate_recipe
+
+    for op, message in (
+        ({"kind": "cutout", "half_min": 10.5}, "half_min=10.5 with unit=px must be a whole number"),
+        ({"kind": "joint_cutout", "unit": "input_frac", "half_max": 19}, "half_max=19 with unit=input_frac"),
+        ({"kind": "randaugment", "unit": "input_frac", "cutout_max": 80}, "cutout_max=80.0 with unit=input_frac"),
+        ({"kind": "cutmix", "unit": "inches"}, "'inches' is not one of"),
+    ):
+        with pytest.raises(RecipeError, match=re.escape(message)):
+            validate_recipe(_recipe_with([op]))
+
+
+def _recipe_with(ops: list[dict]) -> dict:
+    return {"name": "t", "data": {"shards": "x"}, "teacher": {"kind": "single"}, "augment": {"paths": [ops]}}
 
 
 def test_apply_ops_rejects_unknown_kind_and_chains_in_order() -> None:

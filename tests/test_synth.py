@@ -13,10 +13,11 @@ from pycocotools.coco import COCO
 
 from sshpe.schema import COCO17
 from sshpe.synth import VAL_ID_OFFSET, generate
-from sshpe.synth.figures import FACINGS, LABELS_PER_LAYER, sample_figure
-from sshpe.synth.scene import SceneKnobs, box_iou, render_background, render_scene
+from sshpe.synth.figures import EXTRA_NAMES, FACINGS, JOINT_NAMES, LABELS_PER_LAYER, sample_figure
+from sshpe.synth.scene import SceneKnobs, _place_people, box_iou, render_background, render_scene
+from sshpe.synth.stats import BOUNDS, check_bounds, file_stats
 
-W, H = 320, 240
+W, H = 480, 360
 NUM_TRAIN, NUM_VAL = 6, 4
 
 
@@ -51,7 +52,7 @@ def test_layout_and_coco_validity(dataset):
             assert ann["num_keypoints"] == int((k[:, 2] > 0).sum())
             assert np.all(k[k[:, 2] == 0, :2] == 0)
             x, y, w, h = ann["bbox"]
-            vis = k[k[:, 2] > 0, :2]
+            vis = k[k[:, 2] == 2, :2]  # seen joints lie on the silhouette the box encloses (covered ones may not)
             assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W and y + h <= H
             assert np.all((vis[:, 0] >= x) & (vis[:, 0] <= x + w) & (vis[:, 1] >= y) & (vis[:, 1] <= y + h))
             assert 0 < ann["area"] <= w * h and ann["iscrowd"] == 0 and ann["category_id"] == 1
@@ -77,14 +78,16 @@ def test_keypoints_are_where_the_figures_are_drawn():
     seen, covered = 0, 0
     for seed in range(6):
         scene = render_scene(np.random.SeedSequence(seed), (W, H), knobs)
-        background = render_background(np.random.SeedSequence(seed).spawn(4)[0], (W, H), knobs.clutter)
+        bg_ss, people_ss = np.random.SeedSequence(seed).spawn(4)[:2]
+        horizon, _ = _place_people(np.random.default_rng(people_ss), (W, H), knobs)
+        background = render_background(bg_ss, (W, H), knobs.clutter, horizon)
         changed = np.abs(scene.img.astype(int) - background.astype(int)).sum(-1) > 0
         for person in scene.persons:
             k = person["keypoints"]
             xy = np.round(k[k[:, 2] == 2, :2]).astype(int)
             lab = scene.label[xy[:, 1], xy[:, 0]]
             assert np.all(lab // LABELS_PER_LAYER == person["layer"]), "a v=2 joint is not on its own figure"
-            assert changed[xy[:, 1], xy[:, 0]].mean() >= 0.95
+            assert not len(xy) or changed[xy[:, 1], xy[:, 0]].mean() >= 0.95
             seen += len(xy)
             covered += int((k[:, 2] == 1).sum())
     assert seen > 50 and covered > 0
@@ -142,3 +145,66 @@ def test_failed_write_raises_and_leaves_no_partial_json(tmp_path):
 def test_bad_arguments_are_reported_together(tmp_path):
     with pytest.raises(ValueError, match="num_train=-1.*max_people=0"):
         generate(tmp_path, num_train=-1, num_val=1, max_people=0, progress=False)
+
+
+def test_default_val_split_is_coco_like(tmp_path):
+    """The default generator's val split meets the COCO-like bounds (sizes against COCO's area ranges, silhouettes
+    about half their box), with 1-4 people per image, covered and truncated persons (a 150-image split)."""
+    out = tmp_path / "ds"
+    generate(out, num_train=0, num_val=150, seed=0, progress=False)
+    st = file_stats(out / "annotations" / "person_keypoints_val.json")
+    assert check_bounds(st) == [], st
+    assert BOUNDS["median_fill"] == (0.40, 0.60) and BOUNDS["area_ge_96sq"][0] == 0.25
+    assert set(st["people_per_image"]) == {1, 2, 3, 4}
+    assert 0.1 < st["occluded_share"] < 0.5 and 0.1 < st["truncated"] < 0.6
+    assert 0.6 < st["labelled_share"] < 0.95
+    assert set(st["facing"]) == set(FACINGS)
+
+
+def test_stats_bounds_catch_thin_small_persons():
+    """`check_bounds` reports what the old generator produced: small persons whose silhouette is a quarter of the
+    box."""
+    anns = [{"image_id": 1, "area": 900.0, "bbox": [0, 0, 60, 60], "keypoints": [0] * 51, "iscrowd": 0}] * 4
+    st = person_stats_of(anns)
+    missed = " ".join(check_bounds(st))
+    assert "area_ge_32sq=0.000" in missed and "area_ge_96sq=0.000" in missed and "median_fill=0.250" in missed
+
+
+def person_stats_of(anns):
+    from sshpe.synth.stats import person_stats
+
+    return person_stats({"images": [{"id": 1, "width": 100, "height": 100}], "annotations": anns})
+
+
+def test_extra_joints_and_head_box(dataset):
+    """Every annotation carries the MPII/AIC joints COCO lacks and the head rectangle, consistent with the body."""
+    out, _ = dataset
+    coco = json.loads((out / "annotations" / "person_keypoints_train.json").read_text())
+    upright = 0
+    for ann in coco["annotations"]:
+        extra = ann["extra_joints"]
+        assert list(extra) == list(EXTRA_NAMES) and JOINT_NAMES[17:] == EXTRA_NAMES
+        for x, y, v in extra.values():
+            assert v in (0, 1, 2) and (v > 0 or x == y == 0)
+        x1, y1, x2, y2 = ann["head_box"]
+        assert x2 > x1 and y2 > y1
+        top, neck = extra["head_top"], extra["upper_neck"]
+        if top[2] and neck[2] and ann["pose"] == "standing":
+            assert top[1] < neck[1] < extra["thorax"][1] + 1e-6 <= extra["pelvis"][1] + 1e-6
+            assert x1 - 1 <= top[0] <= x2 + 1 and y1 - 1 <= top[1] <= y2 + 1
+            upright += 1
+    assert upright > 0
+
+
+def test_stats_cli(tmp_path):
+    from sshpe._cli.app import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(app, ["synth", str(out), "--train", "2", "--val", "3", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "area >= 96^2" in res.output and "median area / box area" in res.output
+    again = CliRunner().invoke(app, ["synth", str(out), "--stats"])
+    assert again.exit_code == 0 and "persons" in again.output
+    missing = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--stats"])
+    assert missing.exit_code == 2 and "run `sshpe synth" in missing.output

@@ -372,6 +372,27 @@ OPS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+_HALF_SIZES, _FREE_SIZES = ("half_min", "half_max"), ("jitter", "cutout_max")
+
+
+def to_pixels(params: dict, input_h: int) -> dict:
+    """An op's recipe parameters (with their `unit`) -> keyword arguments in input pixels.
+
+    `unit="input_frac"` sizes are fractions of the input height for both axes: half-extents become whole pixels
+    (rounded, at least 1, as the ops draw integers), jitter and RandAugment's cutout side stay real-valued.
+    """
+    params = dict(params)
+    if params.pop("unit", "px") == "px":
+        return params
+    for name in _HALF_SIZES:
+        if name in params:
+            params[name] = max(1, round(params[name] * input_h))
+    for name in _FREE_SIZES:
+        if name in params:
+            params[name] = params[name] * input_h
+    return params
+
+
 def apply_ops(
     img: torch.Tensor,
     ops: list[tuple[str, dict]],

@@ -111,6 +111,7 @@ def rand_augment(
     generator: torch.Generator,
     num_ops: int = 2,
     magnitude: float = 20.0,
+    cutout_max: float = 80.0,
     return_choices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RandAugment(N=num_ops, m=magnitude of 30) with an op drawn per image and step, with replacement.
@@ -121,6 +122,7 @@ def rand_augment(
     Args:
         img: (B, 3, H, W) float in [0, 255] (un-normalised; channel order as the caller's tensor).
         generator: RNG; draws happen on its device.
+        cutout_max: CutoutAbs's square side in px at magnitude 30 (the reference's 80, made for 256x192 crops).
         return_choices: also return the (B, num_ops) long indices into `RA_OPS` that were applied.
 
     Returns:
@@ -139,6 +141,7 @@ def rand_augment(
             if idx.numel() == 0:
                 continue
             op, lo, hi = RA_OPS[name]
+            hi = cutout_max if name == "CutoutAbs" else hi
             value = magnitude / 30.0 * (hi - lo) + lo
             out[idx] = op(x[idx], value, signs[idx, step], uv[idx, step]).round().clamp(0.0, 255.0)
         x = out
@@ -154,6 +157,7 @@ def randaugment_normalized(
     quirks: bool = False,
     n: int = 2,
     magnitude: float = 20.0,
+    cutout_max: float = 80.0,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> torch.Tensor:
@@ -162,7 +166,8 @@ def randaugment_normalized(
     Args:
         img: (B, 3, H, W) normalised as (x/255 − mean)/std.
         joints, quirks: ignored (uniform op signature).
-        n: ops per image (the recipe's `RandAugmentOp.n`); magnitude: m on the 0–30 scale.
+        n: ops per image (the recipe's `RandAugmentOp.n`); magnitude: m on the 0–30 scale; cutout_max: CutoutAbs's
+            side in px at magnitude 30.
         mean, std: the per-channel statistics the images were normalised with (0–1 units).
 
     Returns:
@@ -170,5 +175,7 @@ def randaugment_normalized(
     """
     m = torch.tensor(mean, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
-    out = rand_augment((img * s + m) * 255.0, generator=generator, num_ops=n, magnitude=magnitude)
+    out = rand_augment(
+        (img * s + m) * 255.0, generator=generator, num_ops=n, magnitude=magnitude, cutout_max=cutout_max
+    )
     return (out / 255.0 - m) / s

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +40,8 @@ class Instance:
         keypoints: (K, 3) float64 (x, y, v) in image px with COCO visibility v; zeros when unlabeled.
         num_keypoints: number of joints with v > 0.
         area: annotation area in image px^2 (w * h for detection boxes).
+        hidden_keypoints: (K, 3) the ground truth the unlabeled protocol drops (GT boxes of a labelled file
+            sharded as unlabeled), kept for measuring pseudo-labels only; None otherwise.
     """
 
     image_id: int
@@ -54,6 +56,7 @@ class Instance:
     keypoints: np.ndarray
     num_keypoints: int
     area: float
+    hidden_keypoints: np.ndarray | None = None
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -132,9 +135,11 @@ def _gt_instances(
             box = geometry.clean_box(_box(ann, ann_file, f"annotations[{i}]"), w_img, h_img)
             if box is None or float(ann["area"]) <= 0:  # the reference also requires the annotated area > 0
                 continue
+            hidden = None
             if kind == "unlabeled":
-                kpts = np.zeros_like(kpts)
-            out.append(_make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect))
+                kpts, hidden = np.zeros_like(kpts), kpts
+            inst = _make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect)
+            out.append(replace(inst, hidden_keypoints=hidden))
     return out
 
 
@@ -206,7 +211,8 @@ def load_instances(
     Args:
         ann_file: COCO keypoint annotation file, or image-info file with `det_file`.
         images_dir: directory that holds the images' `file_name`s.
-        kind: "unlabeled" zeroes keypoints; "labeled" and "val" keep them (image px, COCO v).
+        kind: "unlabeled" zeroes keypoints (and keeps them as `hidden_keypoints`); "labeled" and "val" keep them
+            (image px, COCO v).
         aspect: model input width / height; boxes are grown to it and padded 1.25x.
         num_joints: K; every annotation must have 3 * K keypoint values.
         limit: keep only the first `limit` instances (the reference's labeled subsets `db[:TRAIN_LEN]`).

@@ -92,7 +92,7 @@ def _sample_index(instances: list[Instance]) -> list[int]:
 
 def _record(inst: Instance, key: str, dataset: str, split: str, canvas_to_img: np.ndarray) -> dict:
     """The JSON record of one sample (field order and frames documented in shards/README.md)."""
-    return {
+    record = {
         "key": key,
         "dataset": dataset,
         "split": split,
@@ -109,6 +109,9 @@ def _record(inst: Instance, key: str, dataset: str, split: str, canvas_to_img: n
         "num_keypoints": int(inst.num_keypoints),
         "area": float(inst.area),
     }
+    if inst.hidden_keypoints is not None:  # read by pseudo-label metrics only, never by training
+        record["hidden_keypoints"] = _canvas_keypoints(inst.hidden_keypoints, _invert_affine(canvas_to_img))
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -107,12 +107,18 @@ def collate(samples: list[dict]) -> dict:
     Returns:
         "canvas" (B, 3, S, S) uint8 RGB; "kpts" (B, K, 2) float32 canvas px; "vis" (B, K) float32 COCO v;
         "center" (B, 2) float64 image px; "scale" (B, 2) float64 (200-px units); "canvas_to_image" (B, 2, 3)
-        float64; "score" (B,) float32; "image_id", "ann_id" (B,) int64; "key" list[str].
+        float64; "score" (B,) float32; "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has
+        the unlabeled split's hidden ground truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K):
+        for pseudo-label metrics only (`sshpe.step.train_step` never reads them).
     """
     recs = [s["record"] for s in samples]
     canvas = torch.from_numpy(np.stack([s["canvas"] for s in samples])).permute(0, 3, 1, 2).contiguous()
     kpts = torch.tensor([r["keypoints"] for r in recs], dtype=torch.float32)
-    return {
+    hidden = {}
+    if all("hidden_keypoints" in r for r in recs):
+        h = torch.tensor([r["hidden_keypoints"] for r in recs], dtype=torch.float32)
+        hidden = {"hidden_kpts": h[..., :2].contiguous(), "hidden_vis": h[..., 2].contiguous()}
+    return hidden | {
         "canvas": canvas,
         "kpts": kpts[..., :2].contiguous(),
         "vis": kpts[..., 2].contiguous(),

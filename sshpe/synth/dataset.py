@@ -18,8 +18,8 @@ import numpy as np
 from rich.progress import track
 
 from sshpe.schema import COCO17
-from sshpe.synth.figures import FACINGS
 from sshpe.synth.scene import SceneKnobs, render_scene
+from sshpe.synth.stats import person_stats
 
 SPLITS = ("train", "val")
 VAL_ID_OFFSET = 1_000_000_000  # val image/annotation ids start here, so ids never clash across splits
@@ -100,7 +100,8 @@ def _coco_dicts(records: list[dict], split: str, image_size: tuple[int, int], in
             anns.append({
                 "id": ann_id, "image_id": iid, "category_id": 1, "keypoints": p["keypoints"],
                 "num_keypoints": p["num_keypoints"], "bbox": p["bbox"], "area": p["area"], "iscrowd": 0,
-                "segmentation": [], "facing": p["facing"], "pose": p["pose"],
+                "segmentation": [], "facing": p["facing"], "pose": p["pose"], "extra_joints": p["extra_joints"],
+                "head_box": p["head_box"],
             })  # fmt: skip
         dets += [{"image_id": iid, "category_id": 1, **d} for d in rec["detections"]]
     coco = {"info": info, "images": images, "annotations": anns, "categories": coco_categories()}
@@ -110,7 +111,7 @@ def _coco_dicts(records: list[dict], split: str, image_size: tuple[int, int], in
 def _write_annotations(records: list[dict], ann_dir: Path, image_size: tuple[int, int], info: dict) -> dict:
     """Write the detection and keypoint JSON files (atomically, val detections first, keypoint files last) and
     return the summary counts and paths."""
-    summary: dict = {"images": {}, "persons": {}, "keypoints_labelled": {}, "facing": {}, "paths": {}}
+    summary: dict = {"images": {}, "persons": {}, "keypoints_labelled": {}, "stats": {}, "paths": {}}
     for split in SPLITS:
         coco, dets = _coco_dicts([r for r in records if r["split"] == split], split, image_size, info)
         if split == "val":
@@ -124,7 +125,7 @@ def _write_annotations(records: list[dict], ann_dir: Path, image_size: tuple[int
         summary["images"][split] = len(coco["images"])
         summary["persons"][split] = len(anns)
         summary["keypoints_labelled"][split] = sum(a["num_keypoints"] for a in anns)
-        summary["facing"][split] = {f: sum(a["facing"] == f for a in anns) for f in FACINGS}
+        summary["stats"][split] = person_stats(coco)
     return summary
 
 
@@ -140,8 +141,11 @@ def _check_args(num_train: int, num_val: int, image_size: tuple[int, ...], worke
     if knobs.max_people < 1:
         problems.append(f"max_people={knobs.max_people}: must be >= 1")
     lo, hi = knobs.person_height
-    if not 8 <= lo <= hi:
-        problems.append(f"person_height={knobs.person_height}: give (min, max) px with 8 <= min <= max")
+    if not 0.05 <= lo <= hi <= 3:
+        problems.append(
+            f"person_height={knobs.person_height}: give (min, max) standing heights as fractions of the image "
+            "height, 0.05 <= min <= max <= 3"
+        )
     if knobs.clutter < 0 or not 0 <= knobs.occluders <= 1 or knobs.photometric < 0:
         problems.append("clutter and photometric must be >= 0 and occluders in [0, 1]")
     if problems:
@@ -154,19 +158,21 @@ def generate(
     num_train: int,
     num_val: int,
     seed: int = 0,
-    image_size: tuple[int, int] = (320, 240),
+    image_size: tuple[int, int] = (480, 360),
     workers: int = 0,
     progress: bool = True,
     clutter: float = 1.0,
     occluders: float = 0.3,
-    max_people: int = 3,
-    person_height: tuple[float, float] = (40.0, 200.0),
+    max_people: int = 4,
+    person_height: tuple[float, float] = (0.3, 1.0),
     photometric: float = 1.0,
 ) -> dict:
     """Write a synthetic COCO-format person-keypoint dataset.
 
     Layout: `images/{train,val}/{id:012d}.jpg`, `annotations/person_keypoints_{train,val}.json` (COCO keypoints
-    format; each annotation also carries `facing` and `pose`), `annotations/person_detections_val.json` (COCO
+    format; each annotation also carries `facing`, `pose`, `extra_joints` (pelvis, thorax, upper_neck, head_top as
+    [x, y, v]: the joints MPII/AIC label that COCO lacks) and `head_box` [x1, y1, x2, y2] (MPII's head rectangle)),
+    `annotations/person_detections_val.json` (COCO
     detection results). Keypoints are the drawn joint centres in image px (pixel centres at integers). Images
     are written first, the JSON files last and atomically: they are the commit point. The same arguments give
     byte-identical files, for any `workers`.
@@ -181,14 +187,14 @@ def generate(
         workers: processes rendering in parallel (0 = this process).
         progress: show a progress bar.
         clutter: background clutter density (shapes, lines, limb-like strokes); 0 = gradient and texture only.
-        occluders: probability that a box or pole is drawn over each person.
-        max_people: people per image are drawn uniformly from 1..max_people; later ones overlap earlier ones.
-        person_height: (min, max) standing height in px, drawn log-uniformly.
+        occluders: probability that an object (counter, crate, pole) stands in front of each person.
+        max_people: people per image are drawn uniformly from 1..max_people; nearer ones overlap farther ones.
+        person_height: (min, max) standing height as a fraction of the image height, drawn log-uniformly.
         photometric: strength of per-image brightness/contrast/blur/noise (0 = off).
 
     Returns:
-        Summary: `images`, `persons`, `keypoints_labelled` (v>0) and `facing` counts per split, `paths` written,
-        `seconds` and `images_per_s`.
+        Summary: `images`, `persons`, `keypoints_labelled` (v>0) counts and `stats` (`sshpe.synth.stats.
+        person_stats`) per split, `paths` written, `seconds` and `images_per_s`.
     """
     knobs = SceneKnobs(float(clutter), float(occluders), int(max_people), tuple(map(float, person_height)),
                        float(photometric))  # fmt: skip

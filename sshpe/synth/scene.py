@@ -1,4 +1,5 @@
-"""One synthetic image for `sshpe synth`: cluttered background, 1-N overlapping figures, occluder objects,
+"""One synthetic image for `sshpe synth`: a floor and a cluttered wall, 1-N people standing on the ground plane
+(nearer ones larger, lower and drawn over farther ones, truncated at the image border), objects in front of them,
 photometric variation, and the COCO keypoint labels and simulated person detections that go with it.
 """
 
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sshpe.synth.figures import LABELS_PER_LAYER, Figure, draw_shape, render_figure, sample_figure
+from sshpe.synth.figures import JOINT_NAMES, LABELS_PER_LAYER, Figure, draw_shape, render_figure, sample_figure
+
+NUM_COCO = 17
 
 
 @dataclass(frozen=True)
@@ -19,8 +22,8 @@ class SceneKnobs:
 
     clutter: float = 1.0
     occluders: float = 0.3
-    max_people: int = 3
-    person_height: tuple[float, float] = (40.0, 200.0)
+    max_people: int = 4
+    person_height: tuple[float, float] = (0.3, 1.0)
     photometric: float = 1.0
 
 
@@ -31,8 +34,9 @@ class Scene:
     Attributes:
         img: (H, W, 3) uint8 BGR, after photometric variation (before JPEG).
         label: (H, W) int32 part labels: 0 background, else layer * LABELS_PER_LAYER + part rank + 1.
-        persons: per kept person: keypoints (17, 3) float [x, y, v] image px, bbox [x, y, w, h], area (visible
-            silhouette pixel count), num_keypoints, facing, pose, layer.
+        persons: per kept person: keypoints (17, 3) float [x, y, v] image px, extra_joints {name: [x, y, v]}
+            (MPII/AIC joints COCO lacks), head_box [x1, y1, x2, y2], bbox [x, y, w, h], area (visible silhouette
+            pixel count), num_keypoints, facing, pose, layer.
         detections: simulated detector output: bbox [x, y, w, h] image px and score in (0, 1].
     """
 
@@ -42,39 +46,52 @@ class Scene:
     detections: list[dict]
 
 
-def render_background(ss: np.random.SeedSequence, image_size: tuple[int, int], clutter: float) -> np.ndarray:
-    """A cluttered background: gradient + low-frequency texture + shapes, lines and limb-like strokes.
+def render_background(ss: np.random.SeedSequence, image_size: tuple[int, int], clutter: float,
+                      horizon: float | None = None) -> np.ndarray:  # fmt: skip
+    """A wall (gradient, low-frequency texture, shapes) above a floor (another gradient) meeting at `horizon`.
 
     Args:
         ss: the background's own seed sequence (so it can be re-rendered without people).
         image_size: (W, H) px.
-        clutter: scales the number of shapes (0 = plain gradient and texture).
+        clutter: scales the number of shapes on the wall (0 = gradients and texture only).
+        horizon: y of the wall/floor line in px; None = no floor.
 
     Returns:
         (H, W, 3) uint8 BGR.
     """
     rng = np.random.default_rng(ss)
     w, h = image_size
-    c0, c1 = rng.uniform(0, 255, (2, 3))
-    ang = rng.uniform(0, 2 * math.pi)
-    xs, ys = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
-    t = xs[None, :] * math.cos(ang) + ys[:, None] * math.sin(ang)
-    t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    img = c0.astype(np.float32) + (c1 - c0).astype(np.float32) * t[..., None]
-    coarse = rng.standard_normal((h // 16 + 2, w // 16 + 2, 3), dtype=np.float32) * np.float32(rng.uniform(5, 30))
+    img = _gradient(rng, w, h)
+    if horizon is not None and horizon < h:
+        floor = _gradient(rng, w, h)
+        img[int(max(0, horizon)):] = floor[int(max(0, horizon)):]
+    coarse = rng.standard_normal((h // 16 + 2, w // 16 + 2, 3), dtype=np.float32) * np.float32(rng.uniform(5, 25))
     img += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(rng.poisson(12 * clutter)):
-        _draw_clutter(img, rng, w, h)
+    img = cv2.convertScaleAbs(img)  # saturating cast to uint8
+    top = int(min(h, horizon)) if horizon is not None else h
+    for _ in range(rng.poisson(10 * clutter)):
+        _draw_clutter(img, rng, w, max(top, 8))
     return img
 
 
+def _gradient(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """(h, w, 3) float32 linear colour ramp in a random direction (computed on a coarse grid: it is linear)."""
+    c0, c1 = rng.uniform(0, 255, (2, 3))
+    ang = rng.uniform(0, 2 * math.pi)
+    gw, gh = w // 8 + 2, h // 8 + 2
+    xs, ys = np.linspace(0, w, gw, dtype=np.float32), np.linspace(0, h, gh, dtype=np.float32)
+    t = xs[None, :] * math.cos(ang) + ys[:, None] * math.sin(ang)
+    t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+    coarse = c0.astype(np.float32) + (c1 - c0).astype(np.float32) * t[..., None]
+    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def _draw_clutter(img: np.ndarray, rng: np.random.Generator, w: int, h: int) -> None:
-    """One random rectangle, ellipse, line or limb-like stroke (1-3 connected tapered capsules)."""
+    """One random rectangle, ellipse, line or stroke (1-3 connected tapered capsules) in the top `h` rows."""
     colour = rng.uniform(0, 255, 3)
     kind = rng.integers(4)
     p = rng.uniform((0, 0), (w, h))
-    size = rng.uniform(5, 0.35 * min(w, h))
+    size = rng.uniform(5, max(5.0, 0.3 * min(w, h)))
     if kind == 0:
         quad = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * rng.uniform(0.3, 1.0, 2) * size
         rot = rng.uniform(0, math.pi)
@@ -95,39 +112,59 @@ def _draw_clutter(img: np.ndarray, rng: np.random.Generator, w: int, h: int) -> 
 
 
 def _draw_occluder(img: np.ndarray, label: np.ndarray, value: int, rng: np.random.Generator, fig: Figure) -> None:
-    """A box or a pole over part of `fig` (placed at one of its joints)."""
+    """An object in front of `fig`: a counter across its legs, a crate or bag near a joint, or a pole."""
     colour = rng.uniform(0, 255, 3)
-    anchor = fig.kpts_img[rng.integers(17)] + rng.normal(0, 0.1 * fig.height_px, 2)
-    if rng.random() < 0.5:
-        half = rng.uniform(0.1, 0.3, 2) * fig.height_px
+    h_px = fig.height_px
+    kind = rng.choice(("counter", "crate", "pole"), p=(0.4, 0.35, 0.25))
+    k = fig.kpts_img
+    if kind == "counter":  # a table/counter/railing: a band from somewhere between hips and knees downward
+        hips, knees = k[11:13, 1].mean(), k[13:15, 1].mean()
+        top = float(rng.uniform(min(hips, knees), max(hips, knees) + 0.05 * h_px))
+        x0 = k[:17, 0].min() - rng.uniform(0.1, 0.6) * h_px
+        x1 = k[:17, 0].max() + rng.uniform(0.1, 0.6) * h_px
+        bottom = top + rng.uniform(0.3, 0.6) * h_px
+        quad = np.array([[x0, top], [x1, top], [x1, bottom], [x0, bottom]])
+        draw_shape(img, label, value, ("poly", colour * 0.75, quad))
+        lit_top = quad.copy()
+        lit_top[2:, 1] = top + 0.15 * (bottom - top)
+        draw_shape(img, label, value, ("~poly", colour, lit_top))
+    elif kind == "crate":
+        anchor = k[rng.integers(NUM_COCO)] + rng.normal(0, 0.08 * h_px, 2)
+        half = rng.uniform(0.08, 0.22, 2) * h_px
         quad = anchor + np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
         draw_shape(img, label, value, ("poly", colour, quad))
-        draw_shape(img, label, value, ("line", colour * 0.6, quad[0], quad[2], 1.0))
+        draw_shape(img, label, value, ("~poly", colour * 0.7, anchor + np.array([[-1, 0.3], [1, 0.3], [1, 1],
+                                                                                [-1, 1]]) * half))  # fmt: skip
     else:
-        lean = rng.normal(0, 0.15)
-        span = np.array([math.sin(lean), math.cos(lean)]) * rng.uniform(0.6, 2.0) * fig.height_px
-        r = rng.uniform(0.025, 0.08) * fig.height_px
-        draw_shape(img, label, value, ("capsule", colour, anchor - span / 2, anchor + span / 2, r, r))
+        anchor = k[rng.integers(NUM_COCO)] + rng.normal(0, 0.1 * h_px, 2)
+        lean = rng.normal(0, 0.1)
+        span = np.array([math.sin(lean), math.cos(lean)]) * rng.uniform(0.8, 2.0) * h_px
+        r = rng.uniform(0.02, 0.05) * h_px
+        draw_shape(img, label, value, ("capsule", colour * 0.7, anchor - span / 2, anchor + span / 2, r, r))
+        draw_shape(img, label, value, ("~capsule", colour, anchor - span / 2, anchor + span / 2, 0.5 * r, 0.5 * r))
 
 
 def _photometric(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Brightness/contrast, optional Gaussian blur and pixel noise; strength 0 returns the image unchanged."""
-    alpha, beta = 1 + rng.uniform(-0.25, 0.25) * strength, rng.uniform(-25, 25) * strength
-    blur, sigma_blur = rng.random() < 0.3 * strength, rng.uniform(0.5, 1.2)
-    noise = rng.standard_normal(img.shape, dtype=np.float32)
-    noise *= np.float32(rng.uniform(0, 6) * strength)
+    alpha, beta = 1 + rng.uniform(-0.2, 0.2) * strength, rng.uniform(-20, 20) * strength
+    blur, sigma_blur = rng.random() < 0.25 * strength, rng.uniform(0.5, 1.0)
+    noise_std, noise_seed = rng.uniform(0, 5) * strength, int(rng.integers(2**31))
     if strength == 0:
         return img.copy()
-    out = img.astype(np.float32) * np.float32(alpha) + np.float32(beta)
+    out = img.astype(np.float32)
+    cv2.setRNGSeed(noise_seed)  # OpenCV's generator, seeded per image: same bytes in any process
+    noise = np.empty_like(out)
+    cv2.randn(noise, 0.0, noise_std)
     if blur:
         out = cv2.GaussianBlur(out, (0, 0), sigma_blur)
-    out += noise
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = out * np.float32(alpha) + (noise + np.float32(beta + 0.5))
+    return cv2.convertScaleAbs(out, alpha=1.0, beta=-0.5)  # rounds and saturates to uint8
 
 
 def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> np.ndarray:
-    """(17, 3) [x, y, v]: v=2 seen, v=1 covered (by a nearer part, another person, an occluder or the head),
-    v=0 with (0, 0) outside the image or an eye/nose on the far side of the head (not labelled, as in COCO)."""
+    """(21, 3) [x, y, v] in JOINT_NAMES order: v=2 seen, v=1 covered (by a nearer part, another person, an object
+    or the head), v=0 with (0, 0) outside the image or an eye/nose/ear on the far side of the head (not labelled,
+    as in COCO)."""
     h, w = label.shape
     k = fig.kpts_img
     inside = (k[:, 0] >= 0) & (k[:, 0] <= w - 1) & (k[:, 1] >= 0) & (k[:, 1] <= h - 1)
@@ -136,27 +173,24 @@ def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> n
     lab = label[iy, ix]
     seen = (lab == 0) | ((lab > layer * LABELS_PER_LAYER) & (lab <= own))
     v = np.where(seen & ~fig.face_hidden, 2, 1)
-    v[~inside | (fig.face_hidden & (np.arange(17) < 3))] = 0
-    out = np.zeros((17, 3))
+    v[~inside | fig.face_hidden] = 0
+    out = np.zeros((len(JOINT_NAMES), 3))
     out[v > 0, :2] = k[v > 0]
     out[:, 2] = v
     return out
 
 
-def _person_box(label: np.ndarray, layer: int, kpts: np.ndarray) -> tuple[list[float], int] | None:
-    """Box [x, y, w, h] around the visible silhouette and the v>0 joints plus a margin; None if none is visible."""
+def _person_box(label: np.ndarray, layer: int) -> tuple[list[float], int] | None:
+    """Box [x, y, w, h] tight around the visible silhouette plus a 1-px margin (as COCO's boxes enclose the
+    segmentation; covered joints may lie outside it), and the silhouette's pixel count; None if nothing of the
+    person is visible."""
     h, w = label.shape
     lo = layer * LABELS_PER_LAYER
     ys, xs = np.nonzero((label > lo) & (label < lo + LABELS_PER_LAYER))
-    labelled = kpts[kpts[:, 2] > 0, :2]
     if len(xs) == 0:
         return None
-    x0 = min(float(xs.min()), *labelled[:, 0]) if len(labelled) else float(xs.min())
-    x1 = max(float(xs.max()), *labelled[:, 0]) if len(labelled) else float(xs.max())
-    y0 = min(float(ys.min()), *labelled[:, 1]) if len(labelled) else float(ys.min())
-    y1 = max(float(ys.max()), *labelled[:, 1]) if len(labelled) else float(ys.max())
-    m = max(2.0, 0.03 * max(x1 - x0, y1 - y0))
-    x0, y0, x1, y1 = max(0.0, x0 - m), max(0.0, y0 - m), min(w - 1.0, x1 + m), min(h - 1.0, y1 + m)
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    x0, y0, x1, y1 = max(0.0, x0 - 1), max(0.0, y0 - 1), min(w - 1.0, x1 + 1), min(h - 1.0, y1 + 1)
     return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], len(xs)
 
 
@@ -194,6 +228,31 @@ def _detections(rng: np.random.Generator, boxes: list[list[float]], w: int, h: i
     return dets
 
 
+def _place_people(rng: np.random.Generator, image_size: tuple[int, int], knobs: SceneKnobs) -> tuple[float, list]:
+    """Horizon and (feet x, feet y, standing height) per person, far to near.
+
+    People stand on one ground plane seen by a camera at a per-image height: a person of height H has the feet
+    `c * H` below the horizon (c = camera height / person height), so nearer people are larger and lower, and the
+    nearest run off the bottom edge. Some join an earlier person's side (groups that overlap).
+    """
+    w, h = image_size
+    lo, hi = knobs.person_height
+    n = int(rng.integers(1, knobs.max_people + 1))
+    heights = sorted(h * math.exp(rng.uniform(math.log(lo), math.log(hi))) for _ in range(n))
+    cam = rng.uniform(0.55, 0.95)
+    horizon = rng.uniform(0.1, 0.5) * h
+    people: list[tuple[float, float, float]] = []
+    for height in heights:
+        if people and rng.random() < 0.45:  # stand next to someone already placed
+            px, _, ph = people[int(rng.integers(len(people)))]
+            x = px + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.4) * max(height, ph)
+        else:
+            x = rng.uniform(0.0, 1.0) * w
+        feet = horizon + cam * height * rng.uniform(0.92, 1.08)
+        people.append((float(x), float(feet), float(height)))
+    return horizon, people
+
+
 def render_scene(ss: np.random.SeedSequence, image_size: tuple[int, int], knobs: SceneKnobs) -> Scene:
     """Render one image with its labels; deterministic in `ss`.
 
@@ -203,20 +262,14 @@ def render_scene(ss: np.random.SeedSequence, image_size: tuple[int, int], knobs:
     """
     bg_ss, people_ss, photo_ss, det_ss = ss.spawn(4)
     w, h = image_size
-    img = render_background(bg_ss, image_size, knobs.clutter)
-    label = np.zeros((h, w), dtype=np.int32)
     rng = np.random.default_rng(people_ss)
+    horizon, placed = _place_people(rng, image_size, knobs)
+    img = render_background(bg_ss, image_size, knobs.clutter, horizon)
+    label = np.zeros((h, w), dtype=np.int32)
     figures: list[tuple[Figure, np.ndarray, int]] = []
     layer = 0
-    lo, hi = knobs.person_height
-    for _ in range(int(rng.integers(1, knobs.max_people + 1))):
-        height = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        if figures and rng.random() < 0.5:  # overlap a previous person
-            prev = figures[int(rng.integers(len(figures)))][0]
-            centre = prev.kpts_img.mean(0) + rng.normal(0, 0.3, 2) * max(height, prev.height_px)
-        else:
-            centre = rng.uniform((0.1 * w, 0.2 * h), (0.9 * w, 0.8 * h))
-        fig = sample_figure(rng, (float(centre[0]), float(centre[1])), height)
+    for x, feet, height in placed:
+        fig = sample_figure(rng, (x, feet), height, anchor="feet")
         layer += 1
         figures.append((fig, render_figure(img, label, fig, layer), layer))
         if rng.random() < knobs.occluders:
@@ -224,12 +277,15 @@ def render_scene(ss: np.random.SeedSequence, image_size: tuple[int, int], knobs:
             _draw_occluder(img, label, layer * LABELS_PER_LAYER + 1, rng, fig)
     persons = []
     for fig, own, lay in figures:
-        kpts = _keypoints(fig, own, label, lay)
-        box = _person_box(label, lay, kpts)
+        joints = _keypoints(fig, own, label, lay)
+        kpts = joints[:NUM_COCO]
+        box = _person_box(label, lay)
         if box is None:
             continue
+        extra = {name: [round(float(v), 4) for v in joints[i]] for i, name in enumerate(JOINT_NAMES) if i >= NUM_COCO}
         persons.append({
-            "keypoints": kpts, "bbox": box[0], "area": float(box[1]), "num_keypoints": int((kpts[:, 2] > 0).sum()),
+            "keypoints": kpts, "extra_joints": extra, "head_box": [round(float(v), 2) for v in fig.head_box],
+            "bbox": box[0], "area": float(box[1]), "num_keypoints": int((kpts[:, 2] > 0).sum()),
             "facing": fig.facing, "pose": fig.pose, "layer": lay,
         })  # fmt: skip
     img = _photometric(img, np.random.default_rng(photo_ss), knobs.photometric)
