@@ -287,17 +287,17 @@ def _limb_parts(side: str, shade: float, p2: Points, dz: Depths, width: Sizes, o
     shin_colour = c["pants"] if outfit.legwear == "trousers" else c["skin"]
     thigh_colour = c["skin"] if outfit.legwear == "skirt" else c["pants"]
     # Legs sit slightly behind arms at equal depth; the hand and foot are drawn over their limb.
+    def seg(a: str, b: str, colour: np.ndarray, radius: str, taper: float) -> list[Shape]:
+        return _limb(colour, p[a], p[b], r[radius], r[radius] * taper)
+
     return [
-        ((z["shoulder"] + z["elbow"]) / 2, (sh, el), _limb(c["shirt"], p["shoulder"], p["elbow"], r["upper_arm"],
-                                                         r["upper_arm"] * 0.85)),
+        ((z["shoulder"] + z["elbow"]) / 2, (sh, el), seg("shoulder", "elbow", c["shirt"], "upper_arm", 0.85)),
         ((z["elbow"] + z["wrist"]) / 2, (el, wr), forearm),
-        ((z["wrist"] + z["hand"]) / 2 + 1e-3, (wr,), _limb(c["skin"], p["wrist"], p["hand"], r["hand"], r["hand"] * 0.8)),
-        ((z["hip"] + z["knee"]) / 2 - 0.01, (hip, kn), _limb(thigh_colour, p["hip"], p["knee"], r["thigh"],
-                                                            r["thigh"] * 0.72)),
-        ((z["knee"] + z["ankle"]) / 2 - 0.01, (kn, an), _limb(shin_colour, p["knee"], p["ankle"], r["shin"],
-                                                             r["shin"] * 0.7)),
-        ((z["ankle"] + z["toe"]) / 2 - 0.005, (an,), _limb(c["shoe"], p["ankle"], p["toe"], r["foot"], r["foot"] * 0.8)),
-    ]  # fmt: skip
+        ((z["wrist"] + z["hand"]) / 2 + 1e-3, (wr,), seg("wrist", "hand", c["skin"], "hand", 0.8)),
+        ((z["hip"] + z["knee"]) / 2 - 0.01, (hip, kn), seg("hip", "knee", thigh_colour, "thigh", 0.72)),
+        ((z["knee"] + z["ankle"]) / 2 - 0.01, (kn, an), seg("knee", "ankle", shin_colour, "shin", 0.7)),
+        ((z["ankle"] + z["toe"]) / 2 - 0.005, (an,), seg("ankle", "toe", c["shoe"], "foot", 0.8)),
+    ]
 
 
 def _torso(p2: Points, dz: Depths, length: Sizes, width: Sizes, height_px: float, outfit: Outfit) -> Part:
