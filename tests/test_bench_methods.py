@@ -1,12 +1,13 @@
-"""bench/bench_methods.py: every method of every profile is a valid recipe whose networks build, and the table
-reports each method against supervised."""
+"""bench/bench_methods.py: every method is a valid recipe whose networks build, two-network methods start from two
+burn-ins, and the table reports each method against supervised."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from sshpe.nets import build_nets
 from sshpe.recipe import load_recipe
@@ -17,28 +18,54 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-@pytest.mark.parametrize("profile", sorted(bench.PROFILES))
-def test_every_method_builds_under_every_profile(profile: str) -> None:
-    arches = set()
+def test_every_method_builds() -> None:
+    kinds = {}
     for method in bench.METHODS:
-        path = REPO / "recipes" / f"{bench.PREFIX}{method}.yaml"
-        recipe = load_recipe(path, bench.profile_overrides(profile, method))
+        recipe = load_recipe(REPO / "recipes" / f"{bench.PREFIX}{method}.yaml")
         nets = build_nets(recipe)  # checks MUM / Pose-MUM stage names against the backbone
-        arches.add(recipe.model.arch)
+        kinds[method] = recipe.teacher.kind
+        assert recipe.model.arch == "hrnet_small" and recipe.data.input_size == (128, 96)
+        assert (len(nets.nets) == 2) == (method in bench.TWO_NETS)
         if recipe.augment.mum is not None:
             assert recipe.augment.mum.unmix_after == nets.nets[0].stages[-1]
-    assert arches == ({"hrnet_tiny"} if profile == "cpu" else {"resnet18"})
+        for path in recipe.augment.paths:
+            assert all(op.unit == "input_frac" for op in path if hasattr(op, "unit"))  # sized for 128x96
+    assert kinds["supervised"] == "none" and kinds["multiaugs-eman-posemum"] == "eman"
+
+
+def test_two_network_methods_start_from_two_burn_ins(tmp_path) -> None:
+    """Dual methods get burn-ins s and s + 1000 side by side; single ones their seed's burn-in; the container
+    loads into the recipe's networks."""
+    recipe = load_recipe(REPO / "recipes" / f"{bench.PREFIX}posedual-jc.yaml")
+    single = build_nets(load_recipe(REPO / "recipes" / f"{bench.PREFIX}supervised.yaml"))
+    burn_ins = {}
+    for seed in (0, 1000):
+        torch.manual_seed(seed)
+        for p in single.parameters():
+            torch.nn.init.normal_(p)
+        burn_ins[seed] = tmp_path / f"b{seed}.safetensors"
+        save_file({k: v.contiguous() for k, v in single.state_dict().items()}, str(burn_ins[seed]),
+                  metadata={"format": "sshpe-checkpoint/1", "num_nets": "1"})  # fmt: skip
+    path = bench.init_weights("posedual-jc", 0, burn_ins, tmp_path / "runs")
+    state = load_file(str(path))
+    dual = build_nets(recipe)
+    assert dual.load_state_dict(state, strict=True)
+    b0, b1 = load_file(str(burn_ins[0])), load_file(str(burn_ins[1000]))
+    key = next(k for k in b0 if k.endswith("weight"))
+    assert torch.equal(state[key], b0[key]) and torch.equal(state[key.replace("nets.0.", "nets.1.", 1)], b1[key])
+    assert bench.init_weights("posecons", 0, burn_ins, tmp_path / "runs") != path
 
 
 def test_markdown_reports_each_method_against_supervised() -> None:
     result = {
-        "profile": "cpu", "steps": 10, "labeled": 40, "seeds": [0, 1], "command": "c", "date": "d", "wall_s": 5.0,
+        "title": "t", "steps": 10, "burn_in": 5, "seeds": [0, 1], "command": "c", "date": "d", "wall_s": 5.0,
         "machine": {"platform": "p", "cpus": 2, "gpu": None, "torch": "t"},
-        "methods": {
-            "supervised": {"AP": [0.01, 0.03], "mean_AP": 0.02, "wall_s": [1.0, 1.0]},
-            "posecons": {"AP": [0.05, 0.07], "mean_AP": 0.06, "wall_s": [2.0, 2.0]},
+        "rows": {
+            "supervised": {"AP": [0.01, 0.03], "mean_AP": 0.02, "wall_s": [1.0, 1.0], "pseudo_pck": [None, None]},
+            "posecons": {"AP": [0.05, 0.07], "mean_AP": 0.06, "wall_s": [2.0, 2.0], "pseudo_pck": [0.5, 0.7]},
         },
     }  # fmt: skip
     lines = bench.to_markdown(result).splitlines()
-    assert "| supervised | 1.00 | 3.00 | 2.00 |  | 2 |" in lines
-    assert "| posecons | 5.00 | 7.00 | 6.00 | +4.00 | 4 |" in lines
+    assert "| supervised | 1.0 | 3.0 | 2.0 |  |  | 2 |" in lines
+    assert "| posecons | 5.0 | 7.0 | 6.0 | +4.0 | 60.0 | 4 |" in lines
+    assert bench.frac_tag(0.025) == "2p5pct" and bench.frac_tag(None) == "all" and bench.frac_tag(0.05) == "5pct"

@@ -113,8 +113,8 @@ def test_sample_pose_mum_stages() -> None:
     assert sample_pose_mum_stages(cands, 0.5, generator=gen(5)) == sample_pose_mum_stages(cands, 0.5, generator=gen(5))
 
 
-POSE_MUM_RECIPE = "recipes/synth1pct-synth_res18-128x96_posemum-eman.yaml"
-HRNET = ["model.arch=hrnet_tiny", "model.head_channels=[256,256,256]"]
+POSE_MUM_RECIPE = "recipes/coco1k-coco_res18-256x192_posemum-eman.yaml"
+HRNET = ["model.arch=hrnet_tiny", "model.head_channels=[256,256,256]", "model.pretrained=false"]
 
 
 def test_mix_stages_must_exist_in_the_backbone() -> None:
@@ -130,4 +130,4 @@ def test_mix_stages_must_exist_in_the_backbone() -> None:
     ok = [*HRNET, "augment.mum.unmix_after=stage4", "augment.mum.pose_mum.candidates=[stage1,stage2,stage3]"]
     nets = build_nets(load_recipe(POSE_MUM_RECIPE, ok))
     assert nets.nets[0].stages[-1] == "stage4"
-    assert build_nets(load_recipe(POSE_MUM_RECIPE)).nets[0].stages[-1] == "layer4"
+    assert build_nets(load_recipe(POSE_MUM_RECIPE, ["model.pretrained=false"])).nets[0].stages[-1] == "layer4"

@@ -50,7 +50,8 @@ ARCHS: dict[str, ModelCtor] = {
     "resnet152": partial(_simple_baseline, "resnet152"),
     "hrnet_w32": partial(_hrnet, "hrnet_w32"),
     "hrnet_w48": partial(_hrnet, "hrnet_w48"),
-    "hrnet_tiny": partial(_hrnet, "hrnet_tiny"),  # width 8, one block per branch: tests, CPU benchmarks
+    "hrnet_tiny": partial(_hrnet, "hrnet_tiny"),  # width 8, one block per branch: tests
+    "hrnet_small": partial(_hrnet, "hrnet_small"),  # width 16, one block per branch: CPU quickstart and benchmarks
 }
 
 
@@ -84,7 +85,7 @@ def build_model(
     """Builds a pose network that maps (B,3,H,W) images to (B,K,H/4,W/4) heatmaps.
 
     Args:
-        arch: "resnet18" ... "resnet152" (SimpleBaseline), "hrnet_w32"/"hrnet_w48" (pose HRNet), "hrnet_tiny"
+        arch: "resnet18" ... "resnet152" (SimpleBaseline), "hrnet_w32"/"hrnet_w48" (pose HRNet), "hrnet_tiny"/"hrnet_small"
             (tests, CPU benchmarks), or "timm:<name>" / any timm model name (SimpleBaseline head on that backbone).
         num_joints: K heatmap channels (17 for COCO).
         pretrained: load timm's ImageNet backbone weights (needs network or a local timm cache).

@@ -32,21 +32,30 @@ def _stage_cfg(num_modules: int, block_type: str, num_blocks: tuple[int, ...], c
     )
 
 
-# A tiny HRNet (width 8, one block per branch) for fast tests: same code path, two stage-4 modules so both the
-# fully-fused and the pruned last module are exercised.
-TINY_HRNET_CFG: dict[str, Any] = dict(
-    stem_width=16,
-    stage1=_stage_cfg(1, "BOTTLENECK", (1,), (8,)),
-    stage2=_stage_cfg(1, "BASIC", (1, 1), (8, 16)),
-    stage3=_stage_cfg(1, "BASIC", (1, 1, 1), (8, 16, 32)),
-    stage4=_stage_cfg(2, "BASIC", (1, 1, 1, 1), (8, 16, 32, 64)),
-)
+def _light_cfg(width: int) -> dict[str, Any]:
+    """A light HRNet: one block per branch, widths (w, 2w, 4w, 8w), two stage-4 modules (so both the fully-fused
+    and the pruned last module exist)."""
+    w = width
+    return dict(
+        stem_width=16,
+        stage1=_stage_cfg(1, "BOTTLENECK", (1,), (w,)),
+        stage2=_stage_cfg(1, "BASIC", (1, 1), (w, 2 * w)),
+        stage3=_stage_cfg(1, "BASIC", (1, 1, 1), (w, 2 * w, 4 * w)),
+        stage4=_stage_cfg(2, "BASIC", (1, 1, 1, 1), (w, 2 * w, 4 * w, 8 * w)),
+    )
+
+
+# Width 8 (0.33M parameters with K=17): the fast test model. Width 16 (1.3M): learns the synthetic data on a CPU
+# (the quickstart and the synthetic method table; docs/benchmarks.md has the width comparison).
+TINY_HRNET_CFG: dict[str, Any] = _light_cfg(8)
+SMALL_HRNET_CFG: dict[str, Any] = _light_cfg(16)
 
 # sshpe name -> (timm variant, overrides of timm's arch cfg)
 HRNET_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "hrnet_w32": ("hrnet_w32", {}),
     "hrnet_w48": ("hrnet_w48", {}),
     "hrnet_tiny": ("hrnet_w18_small", TINY_HRNET_CFG),
+    "hrnet_small": ("hrnet_w18_small", SMALL_HRNET_CFG),
 }
 
 
@@ -58,7 +67,7 @@ class PoseHRNet(PoseModel):
     branch at stride 4; "stage4" has only branch 0 after pruning).
 
     Args:
-        variant: a key of `HRNET_VARIANTS` ("hrnet_w32", "hrnet_w48", "hrnet_tiny").
+        variant: a key of `HRNET_VARIANTS` ("hrnet_w32", "hrnet_w48", "hrnet_tiny", "hrnet_small").
         num_joints: K heatmap channels.
         pretrained: load timm's ImageNet HRNet weights for the backbone (the final layer stays random, as in
             the official code).

@@ -161,11 +161,11 @@ def generate(
     image_size: tuple[int, int] = (480, 360),
     workers: int = 0,
     progress: bool = True,
-    clutter: float = 1.0,
-    occluders: float = 0.3,
+    clutter: float = 0.5,
+    occluders: float = 0.2,
     max_people: int = 4,
     person_height: tuple[float, float] = (0.3, 1.0),
-    photometric: float = 1.0,
+    photometric: float = 0.5,
 ) -> dict:
     """Write a synthetic COCO-format person-keypoint dataset.
 

@@ -20,11 +20,11 @@ NUM_COCO = 17
 class SceneKnobs:
     """Difficulty knobs (see `sshpe.synth.generate` for their meaning)."""
 
-    clutter: float = 1.0
-    occluders: float = 0.3
+    clutter: float = 0.5
+    occluders: float = 0.2
     max_people: int = 4
     person_height: tuple[float, float] = (0.3, 1.0)
-    photometric: float = 1.0
+    photometric: float = 0.5
 
 
 @dataclass
