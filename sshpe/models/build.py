@@ -85,8 +85,8 @@ def build_model(
     """Builds a pose network that maps (B,3,H,W) images to (B,K,H/4,W/4) heatmaps.
 
     Args:
-        arch: "resnet18" ... "resnet152" (SimpleBaseline), "hrnet_w32"/"hrnet_w48" (pose HRNet), "hrnet_tiny"/"hrnet_small"
-            (tests, CPU benchmarks), or "timm:<name>" / any timm model name (SimpleBaseline head on that backbone).
+        arch: "resnet18" ... "resnet152" (SimpleBaseline), "hrnet_w32"/"hrnet_w48" (pose HRNet), "hrnet_tiny" /
+            "hrnet_small" (tests, CPU runs), or "timm:<name>" / any timm model name (SimpleBaseline head on it).
         num_joints: K heatmap channels (17 for COCO).
         pretrained: load timm's ImageNet backbone weights (needs network or a local timm cache).
         head_channels: SimpleBaseline deconv widths (reference: 3 x 256).
