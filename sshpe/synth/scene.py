@@ -61,29 +61,28 @@ def render_background(ss: np.random.SeedSequence, image_size: tuple[int, int], c
     """
     rng = np.random.default_rng(ss)
     w, h = image_size
-    img = _gradient(rng, w, h)
+    img = _surface(rng, w, h)
     if horizon is not None and horizon < h:
-        floor = _gradient(rng, w, h)
-        img[int(max(0, horizon)):] = floor[int(max(0, horizon)):]
-    coarse = rng.standard_normal((h // 16 + 2, w // 16 + 2, 3), dtype=np.float32) * np.float32(rng.uniform(5, 25))
-    img += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    img = cv2.convertScaleAbs(img)  # saturating cast to uint8
+        row = int(max(0, horizon))
+        img[row:] = _surface(rng, w, h)[row:]
     top = int(min(h, horizon)) if horizon is not None else h
     for _ in range(rng.poisson(10 * clutter)):
         _draw_clutter(img, rng, w, max(top, 8))
     return img
 
 
-def _gradient(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """(h, w, 3) float32 linear colour ramp in a random direction (computed on a coarse grid: it is linear)."""
-    c0, c1 = rng.uniform(0, 255, (2, 3))
+def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """(h, w, 3) uint8: a linear colour ramp in a random direction plus low-frequency texture, built on a 16-px grid
+    and upsampled once (cubic interpolation keeps the ramp linear)."""
+    c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     ang = rng.uniform(0, 2 * math.pi)
-    gw, gh = w // 8 + 2, h // 8 + 2
-    xs, ys = np.linspace(0, w, gw, dtype=np.float32), np.linspace(0, h, gh, dtype=np.float32)
+    gw, gh = w // 16 + 2, h // 16 + 2
+    xs, ys = np.arange(gw, dtype=np.float32), np.arange(gh, dtype=np.float32)
     t = xs[None, :] * math.cos(ang) + ys[:, None] * math.sin(ang)
     t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    coarse = c0.astype(np.float32) + (c1 - c0).astype(np.float32) * t[..., None]
-    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    small = c0 + (c1 - c0) * t[..., None]
+    small += rng.standard_normal((gh, gw, 3), dtype=np.float32) * np.float32(rng.uniform(5, 25))
+    return cv2.resize(np.clip(small, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def _draw_clutter(img: np.ndarray, rng: np.random.Generator, w: int, h: int) -> None:
@@ -148,17 +147,15 @@ def _photometric(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
     """Brightness/contrast, optional Gaussian blur and pixel noise; strength 0 returns the image unchanged."""
     alpha, beta = 1 + rng.uniform(-0.2, 0.2) * strength, rng.uniform(-20, 20) * strength
     blur, sigma_blur = rng.random() < 0.25 * strength, rng.uniform(0.5, 1.0)
-    noise_std, noise_seed = rng.uniform(0, 5) * strength, int(rng.integers(2**31))
+    tile = np.round(rng.standard_normal((64, 64, 3)) * rng.uniform(0, 5) * strength).astype(np.int16)
+    dy, dx = rng.integers(64, size=2)
     if strength == 0:
         return img.copy()
-    out = img.astype(np.float32)
-    cv2.setRNGSeed(noise_seed)  # OpenCV's generator, seeded per image: same bytes in any process
-    noise = np.empty_like(out)
-    cv2.randn(noise, 0.0, noise_std)
-    if blur:
-        out = cv2.GaussianBlur(out, (0, 0), sigma_blur)
-    out = out * np.float32(alpha) + (noise + np.float32(beta + 0.5))
-    return cv2.convertScaleAbs(out, alpha=1.0, beta=-0.5)  # rounds and saturates to uint8
+    out = cv2.GaussianBlur(img, (0, 0), sigma_blur) if blur else img
+    out = cv2.addWeighted(out, alpha, out, 0.0, beta, dtype=cv2.CV_16S)  # alpha * img + beta, rounded
+    h, w = img.shape[:2]  # pixel noise from a 64-px tile at a random offset (its period is invisible at this std)
+    noise = np.tile(tile, (h // 64 + 2, w // 64 + 2, 1))[dy : dy + h, dx : dx + w]
+    return np.clip(out + noise, 0, 255).astype(np.uint8)
 
 
 def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> np.ndarray:
@@ -180,15 +177,22 @@ def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> n
     return out
 
 
-def _person_box(label: np.ndarray, layer: int) -> tuple[list[float], int] | None:
+def _person_box(label: np.ndarray, layer: int, fig: Figure) -> tuple[list[float], int] | None:
     """Box [x, y, w, h] tight around the visible silhouette plus a 1-px margin (as COCO's boxes enclose the
     segmentation; covered joints may lie outside it), and the silhouette's pixel count; None if nothing of the
     person is visible."""
     h, w = label.shape
     lo = layer * LABELS_PER_LAYER
-    ys, xs = np.nonzero((label > lo) & (label < lo + LABELS_PER_LAYER))
+    pad = 0.2 * fig.height_px  # every drawn part lies within this of a joint
+    x0 = int(np.clip(fig.kpts_img[:, 0].min() - pad, 0, w))
+    y0 = int(np.clip(fig.kpts_img[:, 1].min() - pad, 0, h))
+    x1 = int(np.clip(fig.kpts_img[:, 0].max() + pad + 1, 0, w))
+    y1 = int(np.clip(fig.kpts_img[:, 1].max() + pad + 1, 0, h))
+    roi = label[y0:y1, x0:x1]
+    ys, xs = np.nonzero((roi > lo) & (roi < lo + LABELS_PER_LAYER))
     if len(xs) == 0:
         return None
+    xs, ys = xs + x0, ys + y0
     x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
     x0, y0, x1, y1 = max(0.0, x0 - 1), max(0.0, y0 - 1), min(w - 1.0, x1 + 1), min(h - 1.0, y1 + 1)
     return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], len(xs)
@@ -279,7 +283,7 @@ def render_scene(ss: np.random.SeedSequence, image_size: tuple[int, int], knobs:
     for fig, own, lay in figures:
         joints = _keypoints(fig, own, label, lay)
         kpts = joints[:NUM_COCO]
-        box = _person_box(label, lay)
+        box = _person_box(label, lay, fig)
         if box is None:
             continue
         extra = {name: [round(float(v), 4) for v in joints[i]] for i, name in enumerate(JOINT_NAMES) if i >= NUM_COCO}
