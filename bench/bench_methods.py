@@ -24,6 +24,7 @@ Usage:
     python bench/bench_methods.py --calibrate                      # supervised at 1%, 2.5%, 5% and all labels
     python bench/bench_methods.py --fraction 0.05                  # the table (9 methods x 2 seeds)
     python bench/bench_methods.py --quick --methods supervised posecons --seeds 0   # smoke (~2 min)
+    python bench/bench_methods.py --plan --jobs 1 --threads 2      # time each method's step, project the wall time
 """
 
 from __future__ import annotations
@@ -176,6 +177,54 @@ def run_one(method: str, seed: int, *, shards: Path, steps: int, init: Path, ove
     return result
 
 
+def step_seconds(method: str, shards: Path, overrides: list[str], threads: int, steps: int = 6) -> float:
+    """Median wall seconds of one optimizer step of a method (train_step + backward + Adam) on real batches."""
+    from sshpe.data.streams import make_train_loader
+    from sshpe.nets import build_nets
+    from sshpe.step import train_step
+    from sshpe.teachers import make_teacher
+
+    torch.set_num_threads(threads)
+    recipe = _recipe(method, 0, shards, 100, overrides, decay=False)
+    nets = build_nets(recipe).to(memory_format=torch.channels_last).train()
+    teacher = make_teacher(nets) if recipe.teacher.kind in ("ema", "eman") else None
+    opt = torch.optim.Adam(nets.parameters(), 1e-3)
+    t = recipe.train
+
+    def loader(split: str, bs: int):
+        return iter(make_train_loader(shards, split, batch_size=bs, seed=0, rank=0, world_size=1, num_workers=0))
+
+    lab = loader(recipe.data.labeled_split, t.batch_size)
+    semi = recipe.teacher.kind != "none"
+    unl = loader(recipe.data.unlabeled_split, t.unlabeled_batch_size or t.batch_size) if semi else None
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(steps + 2):
+        bl, bu = next(lab), next(unl) if unl is not None else None
+        t0 = time.perf_counter()
+        out = train_step(nets, teacher, bl, bu, recipe, gen)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return sorted(times[2:])[len(times[2:]) // 2]
+
+
+def plan(args: argparse.Namespace, burn: int, steps: int) -> None:
+    """Time one step of every method here and project the table's wall time for this budget (no training)."""
+    shards, _ = prepare_data(args, args.fraction)
+    cost = {m: step_seconds(m, shards, args.overrides, args.threads) for m in args.methods}
+    seeds = len(args.seeds)
+    two = sum(m in TWO_NETS for m in args.methods) > 0
+    burn_s = burn * cost.get("supervised", min(cost.values())) * seeds * (2 if two else 1)
+    run_s = steps * sum(cost.values()) * seeds
+    for m, c in cost.items():
+        print(f"{m:24s} {c:6.3f} s/step  ({c / cost.get('supervised', c):4.1f}x supervised)")
+    wall = (burn_s + run_s) / args.jobs
+    print(f"projected: burn-ins {burn_s:.0f} s + runs {run_s:.0f} s of {args.threads}-thread work, {args.jobs} at a "
+          f"time -> ~{wall / 60:.0f} min (+ data preparation and evaluations)")  # fmt: skip
+
+
 def _die_with_parent() -> None:
     """Pool initializer: on Linux a worker gets SIGTERM when the bench process dies, so killing the bench (even with
     SIGKILL) does not leave orphaned runs training into the run folders a restarted bench then uses."""
@@ -277,6 +326,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds (recipe `seed`)")
     p.add_argument("--fraction", type=float, default=0.05, help="labeled fraction of the train instances")
+    p.add_argument("--plan", action="store_true", help="time one step of each method, project the wall time, exit")
     p.add_argument("--calibrate", action="store_true", help="supervised only, at every --fractions and all labels")
     p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS), help="fractions --calibrate tries")
     p.add_argument("--burn-in", type=int, default=800, help="supervised burn-in steps per seed")
@@ -299,6 +349,9 @@ def main() -> None:
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     burn, steps = (QUICK["burn_in"], QUICK["steps"]) if args.quick else (args.burn_in, args.steps)
 
+    if args.plan:
+        plan(args, burn, steps)
+        return
     t0 = time.perf_counter()
     if args.calibrate:
         rows = [(f"supervised@{frac_tag(f)}", f) for f in args.fractions] + [("supervised@all", None)]
