@@ -330,7 +330,7 @@ def main() -> None:
     p.add_argument("--calibrate", action="store_true", help="supervised only, at every --fractions and all labels")
     p.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS), help="fractions --calibrate tries")
     p.add_argument("--burn-in", type=int, default=800, help="supervised burn-in steps per seed")
-    p.add_argument("--steps", type=int, default=700, help="steps of every method after the burn-in")
+    p.add_argument("--steps", type=int, default=600, help="steps of every method after the burn-in")
     p.add_argument("--quick", action="store_true", help=f"smoke budget: {QUICK}")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (separate processes)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / jobs)")
