@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +40,8 @@ class Instance:
         keypoints: (K, 3) float64 (x, y, v) in image px with COCO visibility v; zeros when unlabeled.
         num_keypoints: number of joints with v > 0.
         area: annotation area in image px^2 (w * h for detection boxes).
+        raw_bbox: the box as the source file gives it (x, y, w, h), before cleaning; results files carry it as SHP/MA
+            write it (reference §10.19). None means `bbox`.
     """
 
     image_id: int
@@ -54,9 +56,23 @@ class Instance:
     keypoints: np.ndarray
     num_keypoints: int
     area: float
+    raw_bbox: tuple[float, float, float, float] | None = None
 
 
-def _read_json(path: Path, what: str) -> object:
+def image_size(path: Path, where: str) -> tuple[int, int]:
+    """(W, H) of an image from its header (no decode); the error names the image and the entry that uses it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} ({where}) does not exist; check the images folder") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"image {path} ({where}) is not a readable image ({err})") from None
+
+
+def read_json(path: Path, what: str) -> object:
     """Parse a JSON file, raising errors that name the file and the fix."""
     path = Path(path)
     if not path.is_file():
@@ -134,7 +150,8 @@ def _gt_instances(
                 continue
             if kind == "unlabeled":
                 kpts = np.zeros_like(kpts)
-            out.append(_make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect))
+            inst = _make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect)
+            out.append(replace(inst, raw_bbox=_box(ann, ann_file, f"annotations[{i}]")))
     return out
 
 
@@ -142,7 +159,7 @@ def _det_instances(
     images: list[dict], det_file: Path, images_dir: Path, aspect: float, num_joints: int
 ) -> list[Instance]:
     """Instances from person detection boxes (raw, uncleaned, every score kept), in `images` order."""
-    dets = _read_json(det_file, "detection file")
+    dets = read_json(det_file, "detection file")
     if not isinstance(dets, list):
         raise ValueError(f"{det_file}: expected a COCO detection results list [{{image_id, bbox, score, ...}}]")
     by_image: dict[int, list[tuple[tuple[float, float, float, float], dict]]] = defaultdict(list)
@@ -222,7 +239,7 @@ def load_instances(
     if kind not in ("labeled", "unlabeled", "val"):
         raise ValueError(f"kind must be 'labeled', 'unlabeled' or 'val', got {kind!r}")
     ann_file = Path(ann_file)
-    data = _read_json(ann_file, "annotation file")
+    data = read_json(ann_file, "annotation file")
     images = _load_images(data, ann_file)
     if det_file is not None:
         instances = _det_instances(images, Path(det_file), Path(images_dir), aspect, num_joints)
