@@ -117,9 +117,11 @@ class ModelCfg(Cfg):
         """A path is read here (errors name the file and its field) so the run folder never needs the file."""
         if isinstance(v, (str, Path)) and str(v) not in BUILTIN_NAMES:
             if not Path(v).is_file():
+                close = difflib.get_close_matches(str(v), BUILTIN_NAMES, n=1)
                 raise ValueError(
                     f"{str(v)!r} is neither a built-in schema ({', '.join(BUILTIN_NAMES)}) nor an existing schema "
                     "file (relative paths are read from the current directory)"
+                    + (f"; did you mean {close[0]!r}?" if close else "")
                 )
             return read_schema_file(v)
         return v

@@ -53,7 +53,8 @@ BASE = {"name": "t", "data": {"shards": "shards/x"}}
             {"augment": {"paths": [[{"kind": "cutmix", "half_min": 9, "half_max": 4}]]}},
             "half_min=9 must be <= half_max=4",
         ),
-        ({"model": {"schema": "coco18"}}, "model.schema: 'coco18' is not one of ['coco17'"),
+        ({"model": {"schema": "coco18"}}, "model.schema: 'coco18' is neither a built-in schema (coco17, mpii16"),
+        ({"model": {"schema": "coco18"}}, "did you mean 'coco17'?"),
     ],
 )
 def test_bad_recipe_messages(tmp_path, patch, expected):
