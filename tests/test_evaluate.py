@@ -288,3 +288,49 @@ def test_stats_table_shows_a_pckh_table_in_its_own_columns():
     console.print(table)
     text = console.export_text()
     assert "97.50" in text and "88.12" in text and " - " in text  # percentages as printed; nan shows "-"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# faster-coco-eval backend
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_faster_coco_eval_matches_pycocotools_on_the_same_results(tmp_path):
+    """The 10 stats agree within 1e-4 (results with and without the bbox that sets the area, §10.19)."""
+    pytest.importorskip("faster_coco_eval")  # the fast-eval extra; CI installs it (.ci/run)
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "bench" / "bench_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gt, results = bench.make_eval_set(120, seed=1)
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    plain = [{k: r[k] for k in ("image_id", "category_id", "keypoints", "score")} for r in results]
+    for res in (results, plain):
+        ref = coco_keypoint_eval(gt_file, res)
+        fast = coco_keypoint_eval(gt_file, res, backend="faster")
+        assert list(fast) == list(STAT_KEYS)
+        assert all(abs(ref[k] - fast[k]) <= 1e-4 for k in STAT_KEYS), (ref, fast)
+        assert 0.05 < ref["AP"] < 0.95  # a results file that exercises matching, not a trivial 0 or 1
+    assert coco_keypoint_eval(gt_file, results)["APm"] != coco_keypoint_eval(gt_file, plain)["APm"]
+
+
+def test_a_missing_backend_package_fails_early_with_the_install_command(monkeypatch):
+    import builtins
+
+    from sshpe.evaluate import BackendUnavailable, check_backend
+
+    real_import = builtins.__import__
+
+    def no_faster(name, *args, **kwargs):
+        if name == "faster_coco_eval":
+            raise ImportError("No module named 'faster_coco_eval'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faster)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'sshpe\[fast-eval\]'"):
+        check_backend("faster")
+    check_backend("pycocotools")
