@@ -132,3 +132,17 @@ def test_remap_labels_puts_data_joints_into_model_channels():
     assert remap_labels(batch, list(range(16))) is batch  # identity: untouched
     with pytest.raises(ValueError, match="put the shards' labels into the model's channels"):
         easy_view(batch, smoke_recipe(Path("unused"), "model.schema=union24"), torch.Generator())
+
+
+def test_sspcm_score_filter_is_the_mean_of_the_two_peaks(smoke_shards):
+    """SSPCM keeps a joint when (max T1 + max T2) / 2 > 0.1, not when the averaged map peaks above it (§10.20)."""
+    from sshpe.step import teacher_heatmaps
+
+    recipe = smoke_recipe(smoke_shards, "teacher.kind=triple", "teacher.score_threshold=0.1")
+    t1, t2 = torch.zeros(1, 17, 8, 6), torch.zeros(1, 17, 8, 6)
+    t1[0, 0, 1, 1], t2[0, 0, 6, 4] = 0.15, 0.15  # joint 0: peaks 0.15 apart -> averaged map peaks at 0.075; kept
+    t1[0, 1, 2, 2], t2[0, 1, 2, 2] = 0.15, 0.04  # joint 1: mean peak 0.095 -> masked
+    live = [t1, t2]
+    student = lambda img, i: live[i]  # noqa: E731
+    _, w = teacher_heatmaps(student, student, torch.zeros(1), "triple", 3, torch.ones(1, 17), recipe)
+    assert w[0, 0] == 1 and w[0, 1] == 0 and w[0, 2] == 0  # joint 2: both peaks 0
