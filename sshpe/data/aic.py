@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sshpe.data.coco import Instance, InstanceKind, image_size, read_json
+from sshpe.data.coco import Instance, InstanceKind, image_size, read_json_list
 from sshpe.geometry import box_to_center_scale
 
 NUM_JOINTS = 14
@@ -86,14 +86,8 @@ def load_aic(
         Instances with `image_id` = 1-based image index in the file and `ann_id` = running person index.
     """
     ann_file, images_dir = Path(ann_file), Path(images_dir)
-    if kind != "unlabeled" and num_joints != NUM_JOINTS:
-        raise ValueError(
-            f"{ann_file}: AI Challenger labels have {NUM_JOINTS} joints but the shards' schema has {num_joints}; use "
-            "the dataset's own schema, or write it as unlabeled (labels dropped)"
-        )
-    data = read_json(ann_file, "AI Challenger annotation file")
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{ann_file}: expected a non-empty JSON list of images (keypoint_*_annotation.json)")
+    data = read_json_list(ann_file, "images (keypoint_*_annotation.json)", "AI Challenger", kind,
+                          (NUM_JOINTS, num_joints))  # fmt: skip
     out: list[Instance] = []
     for i, raw in enumerate(data):
         image_id, boxes, kpts = _image_entry(raw, i, ann_file)

@@ -72,6 +72,26 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
         raise ValueError(f"image {path} ({where}) is not a readable image ({err})") from None
 
 
+def read_json_list(path: Path, what: str, dataset: str, kind: str, joints: tuple[int, int]) -> list:
+    """A native-format annotation file that must be a non-empty JSON list (MPII, AI Challenger).
+
+    Args:
+        what: what the list holds, for the error ("person entries (HRNet's annot/*.json)").
+        dataset: the dataset's name, for the error.
+        kind: the instance kind being read; only "unlabeled" may use another joint count.
+        joints: (the dataset's joint count, the shards' schema's joint count).
+    """
+    if kind != "unlabeled" and joints[0] != joints[1]:
+        raise ValueError(
+            f"{path}: {dataset} labels have {joints[0]} joints but the shards' schema has {joints[1]}; use the "
+            "dataset's own schema, or write it as unlabeled (labels dropped)"
+        )
+    data = read_json(path, f"{dataset} annotation file")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of {what}")
+    return data
+
+
 def read_json(path: Path, what: str) -> object:
     """Parse a JSON file, raising errors that name the file and the fix."""
     path = Path(path)

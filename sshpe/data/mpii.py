@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sshpe.data.coco import Instance, InstanceKind, image_size, read_json
+from sshpe.data.coco import Instance, InstanceKind, image_size, read_json_list
 from sshpe.geometry import box_to_center_scale
 
 NUM_JOINTS = 16
@@ -104,14 +104,7 @@ def load_mpii(
         ValueError: malformed JSON or entry (the message names the file, the entry and the field).
     """
     ann_file, images_dir = Path(ann_file), Path(images_dir)
-    if kind != "unlabeled" and num_joints != NUM_JOINTS:
-        raise ValueError(
-            f"{ann_file}: MPII labels have {NUM_JOINTS} joints but the shards' schema has {num_joints}; use the "
-            "dataset's own schema, or write it as unlabeled (labels dropped)"
-        )
-    data = read_json(ann_file, "MPII annotation file")
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{ann_file}: expected a non-empty JSON list of person entries (HRNet's annot/*.json)")
+    data = read_json_list(ann_file, "person entries (HRNet's annot/*.json)", "MPII", kind, (NUM_JOINTS, num_joints))
     labeled = kind != "unlabeled"
     image_ids: dict[str, int] = {}
     out = []
