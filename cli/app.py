@@ -34,9 +34,10 @@ def _user_errors():
     """Errors a user can fix are printed without a traceback."""
     from sshpe.checkpoint import CheckpointError
     from sshpe.distributed import EngineError
+    from sshpe.evaluate import BackendUnavailable
     from sshpe.recipe import RecipeError
 
-    return (RecipeError, EngineError, CheckpointError, FileNotFoundError, ValueError)
+    return (RecipeError, EngineError, CheckpointError, BackendUnavailable, FileNotFoundError, ValueError)
 
 
 def _load(recipe: Path, overrides: list[str] | None):
@@ -61,22 +62,31 @@ def synth(
     seed: Annotated[int, typer.Option(help="random seed (same seed, same bytes)")] = 0,
     workers: Annotated[int, typer.Option(help="parallel processes")] = 2,
     stats: Annotated[bool, typer.Option("--stats", help="only report the statistics of the dataset at OUT")] = False,
+    format: Annotated[str, typer.Option(help="coco | mpii (HRNet annot/ layout) | aic (AI Challenger)")] = "coco",
 ) -> None:
-    """Generate the built-in synthetic COCO-format person-keypoint dataset (and print how COCO-like it is)."""
+    """Generate the built-in synthetic person-keypoint dataset (COCO format, or converted to MPII / AIC layout) and
+    print how COCO-like its persons are."""
     from sshpe.synth import generate
+    from sshpe.synth.native import FORMATS, generate_native
     from sshpe.synth.stats import check_bounds, file_stats, stats_table
 
     try:
+        if format not in FORMATS:
+            raise ValueError(f"--format {format!r}: choose one of {list(FORMATS)}")
         if stats:
             files = {s: out / "annotations" / f"person_keypoints_{s}.json" for s in ("train", "val")}
             by_split = {s: file_stats(f) for s, f in files.items() if f.is_file()}
             if not by_split:
                 _fail(f"{out}/annotations has no person_keypoints_{{train,val}}.json; run `sshpe synth {out}` first")
-        else:
+        elif format == "coco":
             summary = generate(out, num_train=train, num_val=val, seed=seed, workers=workers)
             by_split = summary["stats"]
             console.print(f"wrote {out}: {summary['images']['train']} train + {summary['images']['val']} val images "
                           f"in {summary['seconds']:.1f} s ({summary['images_per_s']:.0f} images/s)")  # fmt: skip
+        else:
+            summary = generate_native(out, format, num_train=train, num_val=val, seed=seed, workers=workers)
+            console.print(f"wrote {out}: {summary}")
+            return
     except _user_errors() as e:
         _fail(str(e))
     console.print(stats_table(by_split))
@@ -88,13 +98,26 @@ def synth(
 
 @app.command()
 def shard(
-    source: Annotated[Path, typer.Argument(help="dataset root (synthetic or COCO 2017 layout)")],
+    source: Annotated[Path, typer.Argument(help="dataset root (synthetic, COCO 2017, MPII or AI Challenger layout)")],
     out: Annotated[Path, typer.Argument(help="shard folder (manifest.json + tars)")],
     input_size: Annotated[str, typer.Option(help="model input HEIGHTxWIDTH the canvases serve")] = "256x192",
     labeled: Annotated[Optional[int], typer.Option(help="first N valid train instances are labeled")] = None,
     unlabeled: Annotated[bool, typer.Option(help="write the unlabeled split")] = True,
     name: Annotated[Optional[str], typer.Option(help="dataset name in keys/file names")] = None,
-    schema: Annotated[str, typer.Option(help="keypoint schema")] = "coco17",
+    schema: Annotated[
+        Optional[str],
+        typer.Option(
+            help="keypoint schema: coco17 | mpii16 | aic14 | union24 | a schema FILE; default: the layout's own "
+            "(COCO format: read from the annotation file's categories[0])"
+        ),
+    ] = None,
+    unlabeled_source: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="another dataset root whose train person boxes are the unlabeled split, labels dropped "
+            "(e.g. AI Challenger for MPII)"
+        ),
+    ] = None,
     train_ann: Annotated[Optional[Path], typer.Option(help="override: train keypoint annotations")] = None,
     train_images: Annotated[Optional[Path], typer.Option(help="override: train images folder")] = None,
     val_ann: Annotated[Optional[Path], typer.Option(help="override: val keypoint annotations")] = None,
@@ -107,6 +130,8 @@ def shard(
     workers: Annotated[int, typer.Option(help="parallel encoding processes")] = 2,
 ) -> None:
     """Write WebDataset shards of person canvases (labeled, unlabeled, val[, val_det]) and a manifest."""
+    from dataclasses import replace
+
     from sshpe.data.prepare import SourceFiles, find_sources, shard_dataset, with_overrides
 
     try:
@@ -119,9 +144,11 @@ def shard(
             val_dets=val_dets, unlabeled_info=unlabeled_info, unlabeled_images=unlabeled_images,
             unlabeled_dets=unlabeled_dets,
         )  # fmt: skip
+        if unlabeled_source is not None:
+            src = replace(src, unlabeled_source=find_sources(unlabeled_source))
         splits = shard_dataset(
             src, out, dataset=name or source.resolve().name.replace(".", "_").replace("-", "_"),
-            input_hw=_hw(input_size), schema_name=schema, labeled=labeled, unlabeled=unlabeled,
+            input_hw=_hw(input_size), schema=schema, labeled=labeled, unlabeled=unlabeled,
             shard_size=shard_size, workers=workers,
         )  # fmt: skip
     except _user_errors() as e:
@@ -146,7 +173,7 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a recipe (works unchanged under `accelerate launch` / `torchrun`); prints the final AP table."""
+    """Train a recipe (works unchanged under `accelerate launch` / `torchrun`); prints the final AP (or PCKh) table."""
     from sshpe.evaluate import stats_table
     from sshpe.loop import fit
 
@@ -158,7 +185,7 @@ def train(
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        console.print(stats_table(stats, f"{r.name}: COCO keypoint eval ({r.data.val_split})"))
+        console.print(stats_table(stats, f"{r.name}: evaluation of split {r.data.val_split!r}"))
         console.print(f"model: {(out or Path('runs') / r.name) / 'final' / 'model.safetensors'}")
 
 
@@ -170,7 +197,8 @@ def eval_(
     split: Annotated[Optional[str], typer.Option(help="manifest split to evaluate (default data.val_split)")] = None,
     results: Annotated[Optional[Path], typer.Option(help="write official-format results JSON here")] = None,
 ) -> None:
-    """COCO keypoint AP of a model on validation shards (pycocotools), with the reference's post-processing."""
+    """COCO keypoint AP (or, for MPII shards, the PCKh table) of a model on validation shards, with the reference's
+    post-processing."""
     from sshpe.evaluate import stats_table
     from sshpe.runner import evaluate_model
 

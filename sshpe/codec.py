@@ -204,7 +204,9 @@ def flip_back(hm_flipped: torch.Tensor, flip_index: list[int], shift: bool = Tru
     Args:
         hm_flipped: (B, K, h, w) heatmaps predicted for the flipped input.
         flip_index: channel permutation of the schema (`KeypointSchema.flip_index()`), length K.
-        shift: move the result one column right (`out[..., 1:] = out[..., :-1]`; column 0 keeps its value).
+        shift: True moves the result one column right (`out[..., 1:] = out[..., :-1]`; column 0 keeps its value);
+            False translates it 0.75 px right with bilinear sampling and zero padding, as the reference's
+            `SHIFT_HEATMAP: false` branch (an `affine_grid` shift of 1.5 / w; reference §10.22).
 
     Returns:
         (B, K, h, w) heatmaps in the frame and channel order of the un-flipped input.
@@ -216,5 +218,8 @@ def flip_back(hm_flipped: torch.Tensor, flip_index: list[int], shift: bool = Tru
         )
     out = hm_flipped.flip(-1)[:, flip_index]
     if shift:
-        out = torch.cat([out[..., :1], out[..., :-1]], -1)
-    return out
+        return torch.cat([out[..., :1], out[..., :-1]], -1)
+    b, _, _, w = out.shape
+    theta = out.new_tensor([[1.0, 0.0, -1.5 / w], [0.0, 1.0, 0.0]]).expand(b, 2, 3)
+    grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+    return F.grid_sample(out, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,4 +1,5 @@
-"""COCO keypoint evaluation: heatmap -> image coordinates, rescoring, OKS-NMS, results JSON and COCOeval.
+"""COCO keypoint evaluation: heatmap -> image coordinates, rescoring, OKS-NMS, results JSON and COCOeval
+(pycocotools, or faster-coco-eval when installed).
 
 Reproduces the reference's evaluation (§1.8; HRNet lib/dataset/coco.py `evaluate`, lib/nms/nms.py) with
 vectorised numpy; the accelerator-facing prediction loop lives elsewhere.
@@ -13,6 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from rich.table import Table
 
 from sshpe import geometry
-from sshpe.schema import COCO_SIGMAS, KeypointSchema
+from sshpe.schema import COCO_SIGMAS, KeypointSchema, eval_channels
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +145,6 @@ def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def eval_channels(schema: KeypointSchema) -> tuple[list[int], np.ndarray]:
-    """Channels of the model output that form the evaluated keypoints, in order, and their OKS sigmas.
-
-    A schema whose `to_coco` covers all 17 COCO joints (coco17, union24) is evaluated in COCO-17 order with the
-    COCO sigmas; any other schema (mpii16, aic14: their own COCO-format ground truth) keeps its own order and
-    sigmas.
-    """
-    to_coco = list(schema.to_coco)
-    if all(c in to_coco for c in range(17)):
-        return [to_coco.index(c) for c in range(17)], np.array(COCO_SIGMAS, dtype=np.float64)
-    return list(range(schema.num_joints)), np.array(schema.sigmas, dtype=np.float64)
-
-
 def build_results(
     kpts_img: np.ndarray,
     maxvals: np.ndarray,
@@ -165,14 +154,19 @@ def build_results(
     schema: KeypointSchema,
     oks_thr: float = 0.9,
     in_vis_thr: float = 0.2,
+    *,
+    data_schema: KeypointSchema | None = None,
+    centers: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
 ) -> list[dict]:
     """Per-instance predictions -> the official COCO keypoint results list (reference §1.8).
 
-    Channels are mapped to evaluation order (`eval_channels`), instances rescored, grouped by image and
-    OKS-NMS'ed per image with area = (200 s_x)(200 s_y).
+    Channels are mapped to the ground truth's joints (`sshpe.schema.eval_channels`: union24 back to COCO-17, MPII-16,
+    ...), instances rescored, grouped by image and OKS-NMS'ed per image with area = (200 s_x)(200 s_y) and the
+    ground truth's sigmas.
 
     Args:
-        kpts_img: (N, K, 2) xy in original image px, K = the schema's channels.
+        kpts_img: (N, K, 2) xy in original image px, K = the model schema's channels.
         maxvals: (N, K) keypoint confidences.
         image_ids: (N,) COCO image ids.
         scales: (N, 2) crop scales in units of 200 px.
@@ -180,10 +174,14 @@ def build_results(
         schema: the model's keypoint schema.
         oks_thr: OKS-NMS threshold (0.9 in every reference semi-supervised config).
         in_vis_thr: rescoring threshold on keypoint confidences.
+        data_schema: the ground truth's keypoint schema (default: `schema`).
+        centers: (N, 2) crop centres, image px; with `boxes`, each result also carries `center`, `scale` and `bbox`
+            as SHP/MA write them (reference §10.19: pycocotools then takes a detection's area from its bbox).
+        boxes: (N, 4) the source's person boxes (x, y, w, h), image px.
 
     Returns:
-        `[{"image_id", "category_id": 1, "keypoints": [x, y, score] * K_eval, "score"}]`, images in order of
-        first appearance, instances within an image by descending score.
+        `[{"image_id", "category_id": 1, "keypoints": [x, y, score] * K_eval, "score"(, "center", "scale",
+        "bbox")}]`, images in order of first appearance, instances within an image by descending score.
     """
     kpts_img, maxvals = np.asarray(kpts_img, dtype=np.float64), np.asarray(maxvals, dtype=np.float64)
     if kpts_img.ndim != 3 or kpts_img.shape[1] != schema.num_joints or maxvals.shape != kpts_img.shape[:2]:
@@ -192,24 +190,24 @@ def build_results(
             f"{schema.name!r} with {schema.num_joints} joints; expected (N, {schema.num_joints}, 2) and "
             f"(N, {schema.num_joints})"
         )
-    channels, sigmas = eval_channels(schema)
+    data_schema = data_schema or schema
+    channels, sigmas = eval_channels(data_schema, schema), np.array(data_schema.sigmas, dtype=np.float64)
     kpts = np.concatenate([kpts_img[:, channels], maxvals[:, channels, None]], -1)  # (N, K_eval, 3)
     scores = rescore(kpts[..., 2], box_scores, in_vis_thr)
-    areas = np.prod(np.asarray(scales, dtype=np.float64) * geometry.PIXEL_STD, axis=1)
+    scales = np.asarray(scales, dtype=np.float64)
+    areas = np.prod(scales * geometry.PIXEL_STD, axis=1)
     image_ids = np.asarray(image_ids)
     results = []
     for img_id in dict.fromkeys(image_ids.tolist()):
         idx = np.flatnonzero(image_ids == img_id)
-        keep = oks_nms(kpts[idx], scores[idx], areas[idx], sigmas, oks_thr)
-        results += [
-            {
-                "image_id": int(img_id),
-                "category_id": 1,
-                "keypoints": kpts[idx[k]].reshape(-1).tolist(),
-                "score": float(scores[idx[k]]),
-            }
-            for k in keep
-        ]
+        for k in oks_nms(kpts[idx], scores[idx], areas[idx], sigmas, oks_thr):
+            i = idx[k]
+            res = {"image_id": int(img_id), "category_id": 1, "keypoints": kpts[i].reshape(-1).tolist(),
+                   "score": float(scores[i])}  # fmt: skip
+            if centers is not None and boxes is not None:
+                res |= {"center": [float(v) for v in centers[i]], "scale": scales[i].tolist(),
+                        "bbox": [float(v) for v in boxes[i]]}  # fmt: skip
+            results.append(res)
     return results
 
 
@@ -232,19 +230,44 @@ def write_results(path: Path | str, results: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def coco_keypoint_eval(gt_file: Path | str, results: list[dict], sigmas: np.ndarray | None = None) -> dict[str, float]:
-    """Run pycocotools keypoint evaluation (maxDets 20, all/medium/large) and return the 10 standard stats.
+EvalBackend = Literal["pycocotools", "faster"]
 
-    pycocotools' printed output is captured and logged at INFO level.
+
+class BackendUnavailable(RuntimeError):
+    """An optional evaluation backend's package is not installed; the message says how to install it."""
+
+
+def check_backend(backend: EvalBackend) -> None:
+    """Raise `BackendUnavailable` now (not at the first evaluation of a long run) when `backend` cannot be used."""
+    if backend == "faster":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            raise BackendUnavailable(
+                "eval.backend=faster needs the faster-coco-eval package: pip install 'sshpe[fast-eval]' "
+                "(or set eval.backend=pycocotools)"
+            ) from None
+    elif backend != "pycocotools":
+        raise ValueError(f"unknown evaluation backend {backend!r}; use 'pycocotools' or 'faster'")
+
+
+def coco_keypoint_eval(
+    gt_file: Path | str, results: list[dict], sigmas: np.ndarray | None = None, backend: EvalBackend = "pycocotools"
+) -> dict[str, float]:
+    """Run COCO keypoint evaluation (maxDets 20, all/medium/large) and return the 10 standard stats.
+
+    The backend's printed output is captured and logged at INFO level.
 
     Args:
         gt_file: COCO-format keypoint ground truth JSON.
         results: the list from `build_results` (not modified).
-        sigmas: (K,) OKS sigmas; COCO-17's by default (see `eval_channels`).
+        sigmas: (K,) OKS sigmas; COCO-17's by default (the ground truth's schema's, see `build_results`).
+        backend: "pycocotools" (the reference's code) or "faster" (faster-coco-eval's C++ COCOeval, the same
+            stats to 1e-4, `tests/test_evaluate.py`; optional extra `sshpe[fast-eval]`).
 
     Returns:
-        `{AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl}` as floats in [0, 1] (-1 where pycocotools finds
-        no ground truth in an area range). All zeros, with a warning, for an empty results list.
+        `{AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl}` as floats in [0, 1] (-1 where the backend finds no
+        ground truth in an area range). All zeros, with a warning, for an empty results list.
     """
     gt_file = Path(gt_file)
     if not gt_file.is_file():
@@ -252,25 +275,36 @@ def coco_keypoint_eval(gt_file: Path | str, results: list[dict], sigmas: np.ndar
             f"COCO ground-truth file {gt_file} does not exist; pass the person_keypoints_*.json of the split "
             "being evaluated (or the one `sshpe synth` wrote)"
         )
+    check_backend(backend)
     if not results:
         log.warning("coco_keypoint_eval: no predictions to evaluate against %s; reporting all stats as 0", gt_file)
         return {k: 0.0 for k in STAT_KEYS}
     sigmas = np.array(COCO_SIGMAS if sigmas is None else sigmas, dtype=np.float64)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        coco_gt = COCO(str(gt_file))
-        _check_results(coco_gt, results, sigmas, gt_file)
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds fields to each dict
-        coco_eval = COCOeval(coco_gt, coco_dt, iouType="keypoints")
-        coco_eval.params.kpt_oks_sigmas = sigmas
+        if backend == "faster":
+            from faster_coco_eval import COCO as FasterCOCO
+            from faster_coco_eval import COCOeval_faster
+
+            coco_gt = FasterCOCO(str(gt_file))
+            _check_results(coco_gt, results, sigmas, gt_file)
+            coco_dt = coco_gt.loadRes([dict(r) for r in results])
+            coco_eval = COCOeval_faster(coco_gt, coco_dt, iouType="keypoints", kpt_oks_sigmas=list(sigmas),
+                                        print_function=print)  # fmt: skip
+        else:
+            coco_gt = COCO(str(gt_file))
+            _check_results(coco_gt, results, sigmas, gt_file)
+            coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds fields to each dict
+            coco_eval = COCOeval(coco_gt, coco_dt, iouType="keypoints")
+            coco_eval.params.kpt_oks_sigmas = sigmas
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    log.info("pycocotools output for %s:\n%s", gt_file, buf.getvalue())
-    return {k: float(v) for k, v in zip(STAT_KEYS, coco_eval.stats)}
+    log.info("%s output for %s:\n%s", backend, gt_file, buf.getvalue())
+    return {k: float(v) for k, v in zip(STAT_KEYS, coco_eval.stats[: len(STAT_KEYS)])}
 
 
-def _check_results(coco_gt: COCO, results: list[dict], sigmas: np.ndarray, gt_file: Path) -> None:
+def _check_results(coco_gt, results: list[dict], sigmas: np.ndarray, gt_file: Path) -> None:
     """Raise clear errors for results that pycocotools would reject with a bare assert or a shape error."""
     unknown = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
     if unknown:
@@ -289,7 +323,14 @@ def _check_results(coco_gt: COCO, results: list[dict], sigmas: np.ndarray, gt_fi
 
 
 def stats_table(stats: dict[str, float], title: str) -> Table:
-    """A one-row rich table of the 10 COCO keypoint stats, as percentages ("-" where pycocotools gives -1)."""
+    """A one-row rich table of the 10 COCO keypoint stats, as percentages ("-" where pycocotools gives -1), or of a
+    PCKh table (its own columns, already percentages; "-" for nan)."""
+    if "Mean" in stats and "AP" not in stats:
+        table = Table(title=title)
+        for k in stats:
+            table.add_column(k, justify="right")
+        table.add_row(*(f"{v:.2f}" if v == v else "-" for v in stats.values()))
+        return table
     missing = [k for k in STAT_KEYS if k not in stats]
     if missing:
         raise ValueError(f"stats_table: stats lack {missing}; pass the dict from coco_keypoint_eval")

@@ -24,12 +24,14 @@ from sshpe.checkpoint import (
 from sshpe.data.shard_writer import read_manifest
 from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
+from sshpe.evaluate import check_backend
 from sshpe.export import export_model
 from sshpe.nets import build_nets
-from sshpe.predict import batch_to_device, merge_instances, predict_instances, score_predictions
+from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
 from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
-from sshpe.step import train_step
+from sshpe.schema import eval_channels, joint_map
+from sshpe.step import remap_labels, train_step
 from sshpe.teachers import decay_at, ema_update, make_teacher
 
 
@@ -91,8 +93,9 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63 - 1)
 
 
-def check_data(recipe: Recipe, manifest: dict, shards: Path) -> None:
-    """Recipe vs shards: splits exist, aspect ratio and keypoint schema match."""
+def check_data(recipe: Recipe, manifest: dict, shards: Path) -> tuple[int, ...]:
+    """Recipe vs shards: splits exist, aspect ratio matches, the shards' joints map onto the model's channels (and
+    every evaluated joint has one). Returns that joint map (`sshpe.schema.joint_map`)."""
     d = recipe.data
     needed = [d.labeled_split, d.val_split] + ([d.unlabeled_split] if recipe.teacher.kind != "none" else [])
     missing = [s for s in needed if s not in manifest["splits"]]
@@ -107,10 +110,12 @@ def check_data(recipe: Recipe, manifest: dict, shards: Path) -> None:
             f"data.input_size {list(d.input_size)} has aspect {aspect:.4f} but {shards} was sharded for aspect "
             f"{manifest['aspect']:.4f} (input {manifest['input_size']}); re-shard with --input-size"
         )
-    if manifest["schema"]["name"] != recipe.schema.name and recipe.schema.name != "union24":
-        raise RecipeError(
-            f"model.schema={recipe.schema.name!r} but {shards} holds {manifest['schema']['name']!r} keypoints"
-        )
+    try:
+        jmap = joint_map(data_schema(manifest, shards), recipe.schema)
+        eval_channels(data_schema(manifest, shards), recipe.schema)
+    except ValueError as err:
+        raise RecipeError(f"{shards}/manifest.json vs model.schema: {err}") from None
+    return jmap
 
 
 def _optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
@@ -134,8 +139,7 @@ def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: 
     instances = merge_instances(gather_object([local])) if accelerator.num_processes > 1 else local
     stats = [None]
     if accelerator.is_main_process:
-        gt = Path(manifest["sources"]["val_annotations"]["path"])
-        stats = [score_predictions(instances, recipe, gt, out_dir / "results.json" if out_dir else None)]
+        stats = [score_predictions(instances, recipe, manifest, out_dir)]
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -160,7 +164,8 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
     ckpt_root = run_dir / "checkpoints"
     shards = Path(recipe.data.shards)
     manifest = read_manifest(shards)
-    check_data(recipe, manifest, shards)
+    jmap = check_data(recipe, manifest, shards)
+    check_backend(recipe.eval.backend)
     sched = resolve_schedule(recipe, manifest, world)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -216,8 +221,8 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
         for micro in range(t.grad_accum):
             gen.manual_seed(step_seed(recipe.seed, rank, step * t.grad_accum + micro))
             t0 = time.perf_counter()
-            batch_l = batch_to_device(next(lab_it), accelerator.device)
-            batch_u = batch_to_device(next(unl_it), accelerator.device) if semi else None
+            batch_l = remap_labels(batch_to_device(next(lab_it), accelerator.device), jmap)
+            batch_u = remap_labels(batch_to_device(next(unl_it), accelerator.device), jmap) if semi else None
             data_wait += time.perf_counter() - t0
             with accelerator.accumulate(student), accelerator.autocast():
                 out = train_step(student, teacher, batch_l, batch_u, recipe, gen)

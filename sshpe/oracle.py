@@ -13,19 +13,22 @@ from sshpe.codec import decode_heatmaps
 from sshpe.data.shard_writer import read_manifest
 from sshpe.data.streams import make_val_loader
 from sshpe.evaluate import heatmap_to_image
-from sshpe.predict import score_predictions
+from sshpe.predict import PREDICTION_PARTS, data_schema, score_predictions
 from sshpe.recipe import Recipe
+from sshpe.schema import joint_map
 from sshpe.step import remap_labels
 from sshpe.views import identity_params, make_view, view_targets
 
 
 def oracle_ap(recipe: Recipe, split: str | None = None) -> dict[str, float]:
-    """COCO stats of decoding the val split's own Gaussian targets (GT boxes, no flip)."""
+    """Stats (COCO AP, or PCKh for MPII shards) of decoding the val split's own Gaussian targets (GT boxes, no flip)."""
     d, shards = recipe.data, Path(recipe.data.shards)
     split = split or d.val_split
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("kpts", "maxvals", "image_id", "scale", "score")}
+    manifest = read_manifest(shards)
+    jmap = joint_map(data_schema(manifest, shards), recipe.schema)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in PREDICTION_PARTS}
     for batch in make_val_loader(shards, split, batch_size=64, rank=0, world_size=1, num_workers=0):
-        batch = remap_labels(batch, recipe.schema)
+        batch = remap_labels(batch, jmap)
         b = batch["canvas"].shape[0]
         view = make_view(batch, identity_params(b), d.input_size, recipe.schema.flip_index(), mean=d.mean,
                          std=d.std, color=d.color)  # fmt: skip
@@ -34,9 +37,6 @@ def oracle_ap(recipe: Recipe, split: str | None = None) -> dict[str, float]:
         kpts = heatmap_to_image(kpts_hm.double(), batch["center"], batch["scale"], (hm.shape[-1], hm.shape[-2]))
         parts["kpts"].append(np.asarray(kpts))
         parts["maxvals"].append((maxvals * (weight > 0)).numpy())
-        parts["scale"].append(batch["scale"].numpy())
-        parts["image_id"].append(batch["image_id"].numpy())
-        parts["score"].append(batch["score"].numpy())
-    p = {k: np.concatenate(v) for k, v in parts.items()}
-    gt = read_manifest(shards)["sources"]["val_annotations"]["path"]
-    return score_predictions(p, recipe, Path(gt), None)
+        for k in ("center", "scale", "raw_bbox", "image_id", "ann_id", "score"):
+            parts[k].append(batch[k].numpy())
+    return score_predictions({k: np.concatenate(v) for k, v in parts.items()}, recipe, manifest, None)

@@ -18,9 +18,12 @@ import torch
 from sshpe.augment.hard_affine import sample_hard_theta, theta_to_pixel, warp_normalized
 from sshpe.augment.mum import make_mix_mask, mix_tiles
 from sshpe.augment.ops import apply_ops
+from sshpe.data.shard_writer import read_manifest
 from sshpe.data.streams import TrainStream
 from sshpe.geometry import apply_affine
+from sshpe.predict import data_schema
 from sshpe.recipe import Recipe
+from sshpe.schema import joint_map
 from sshpe.step import easy_view, heatmap_argmax, op_params, remap_labels
 from sshpe.views import HEATMAP_STRIDE
 
@@ -82,7 +85,8 @@ def read_preview_batch(recipe: Recipe, n: int, seed: int) -> tuple[dict, str]:
         batch = next(iter(TrainStream(Path(d.shards), split, seed=seed, rank=0, world_size=1, batch_size=n)))
         if batch["vis"].gt(0).any():
             break
-    return remap_labels(batch, recipe.schema), split
+    manifest = read_manifest(Path(d.shards))
+    return remap_labels(batch, joint_map(data_schema(manifest, d.shards), recipe.schema)), split
 
 
 def _teacher_joints(recipe: Recipe, img: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ def pseudo_label_pck(pseudo: PseudoLabels, batch_u: dict, schema, threshold: flo
     """PCK of the pseudo-labels against the hidden ground truth, per teacher network and averaged.
 
     A joint counts when its hidden label is v > 0 and lies inside the crop; it is correct when the argmax is within
-    `threshold` x crop height of it (crop px). Union24 heads on COCO-17 shards compare the mapped channels.
+    `threshold` x crop height of it (crop px). The batch's labels must already be in the model's channels
+    (`sshpe.step.remap_labels` maps the hidden ones too).
 
     Returns:
         {"pseudo_pck": mean over networks, "pseudo_pck_a"/"_b"/...: per network when there are several}; empty when
@@ -40,16 +41,9 @@ def pseudo_label_pck(pseudo: PseudoLabels, batch_u: dict, schema, threshold: flo
     """
     if "hidden_kpts" not in batch_u:
         return {}
-    view = pseudo.view
+    view = pseudo.view  # mapped like the view's labels: left/right swapped where the view was mirrored
     gt, vis = map_keypoints(view.canvas_to_crop, view.flip, batch_u["hidden_kpts"], batch_u["hidden_vis"],
-                            list(range(batch_u["hidden_kpts"].shape[1])))  # fmt: skip
-    if gt.shape[1] != schema.num_joints:  # COCO-17 labels under a union24 head: compare the mapped channels
-        src = torch.tensor([max(c, 0) for c in schema.to_coco], device=gt.device)
-        has = torch.tensor([c >= 0 for c in schema.to_coco], device=gt.device)
-        gt, vis = gt[:, src], vis[:, src] * has
-    perm = torch.tensor(schema.flip_index(), device=gt.device)
-    fl = view.flip.view(-1, 1)  # the view swapped left/right channels of flipped samples; so do the labels
-    gt, vis = torch.where(fl.unsqueeze(-1), gt[:, perm], gt), torch.where(fl, vis[:, perm], vis)
+                            schema.flip_index())  # fmt: skip
     h, w = view.img.shape[-2:]
     inside = (gt[..., 0] >= 0) & (gt[..., 0] <= w - 1) & (gt[..., 1] >= 0) & (gt[..., 1] <= h - 1)
     counted = (vis > 0) & inside

@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sshpe.schema import SCHEMAS
+from sshpe.schema import BUILTIN_NAMES, KeypointSchema, SchemaFile, read_schema_file, resolve_schema
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|epochs?|st|steps?)\s*$")
 
@@ -100,12 +100,31 @@ class ModelCfg(Cfg):
     pretrained: bool = Field(False, description="initialise the backbone from timm ImageNet weights (needs network)")
     head_channels: tuple[int, ...] = Field((256, 256, 256), description="SimpleBaseline deconv widths, one per 2x")
     head_kernel: Literal[2, 3, 4] = Field(4, description="SimpleBaseline deconv kernel size")
-    schema_name: Literal["coco17", "mpii16", "aic14", "union24"] = Field(
-        "coco17", alias="schema", description="keypoint schema: names, flip pairs, OKS sigmas; sets the head width"
+    schema_name: Union[str, SchemaFile] = Field(
+        "coco17",
+        alias="schema",
+        description="keypoint schema (sets the head width): a built-in name (coco17, mpii16, aic14, union24), the "
+        "path of a schema file (relative to the current directory; read once and stored inline in the run's "
+        "recipe.yaml), or an inline schema mapping (docs/keypoint-schemas.md)",
     )
     channels_last: bool = Field(True, description="run convolutions in channels_last memory format")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("schema_name", mode="before")
+    @classmethod
+    def _schema_file(cls, v: Any) -> Any:
+        """A path is read here (errors name the file and its field) so the run folder never needs the file."""
+        if isinstance(v, (str, Path)) and str(v) not in BUILTIN_NAMES:
+            if not Path(v).is_file():
+                close = difflib.get_close_matches(str(v), BUILTIN_NAMES, n=1)
+                raise ValueError(
+                    f"{str(v)!r} is neither a built-in schema ({', '.join(BUILTIN_NAMES)}) nor an existing schema "
+                    "file (relative paths are read from the current directory)"
+                    + (f"; did you mean {close[0]!r}?" if close else "")
+                )
+            return read_schema_file(v)
+        return v
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,10 +368,20 @@ class TrainCfg(Cfg):
 class EvalCfg(Cfg):
     batch_size: int = Field(64, ge=1, description="crops per device per evaluation batch")
     flip_test: bool = Field(False, description="average with the flipped prediction (reference semi tables: off)")
-    shift_heatmap: bool = Field(True, description="shift the flipped heatmap one column right (reference default)")
+    shift_heatmap: bool = Field(
+        True,
+        description="flip test: true shifts the flipped heatmap one column right (reference default); false "
+        "translates it 0.75 px right with bilinear sampling, as the reference's SHIFT_HEATMAP: false (§10.22)",
+    )
     decode: Literal["shift", "dark"] = Field("shift", description="heatmap decoding")
     in_vis_thr: float = Field(0.2, ge=0, le=1, description="keypoint score threshold for rescoring")
     oks_nms_thr: float = Field(0.9, ge=0, le=1, description="OKS-NMS threshold (reference semi configs: 0.9)")
+    backend: Literal["pycocotools", "faster"] = Field(
+        "pycocotools", description="COCOeval implementation: pycocotools, or faster-coco-eval (extra sshpe[fast-eval])"
+    )
+    reference_quirks: bool = Field(
+        False, description="reproduce the reference's evaluation quirks: PCKh Mean@0.1 read at threshold 0.11 (§1.9)"
+    )
 
 
 class DistributedCfg(Cfg):
@@ -416,8 +445,9 @@ class Recipe(Cfg):
         return self
 
     @property
-    def schema(self):
-        return SCHEMAS[self.model.schema_name]
+    def schema(self) -> KeypointSchema:
+        """The model's keypoint schema (its channels)."""
+        return resolve_schema(self.model.schema_name)
 
     def hash(self) -> str:
         """Short content hash of the resolved recipe (goes into exported metadata)."""

@@ -6,6 +6,8 @@ copy of this function (STYLE habit 5). Everything random comes from the `generat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -20,9 +22,15 @@ from sshpe.views import HEATMAP_STRIDE, make_view, sample_easy_params, view_targ
 
 
 def easy_view(batch: dict, recipe: Recipe, generator: torch.Generator):
-    """Draw easy-view parameters and crop a collated batch (reference §1.3.4)."""
+    """Draw easy-view parameters and crop a collated batch (reference §1.3.4); labels must already be in the model's
+    channels (`remap_labels`)."""
     e, d = recipe.data.easy, recipe.data
-    batch = remap_labels(batch, recipe.schema)
+    k, schema = batch["kpts"].shape[1], recipe.schema
+    if k != schema.num_joints:
+        raise ValueError(
+            f"the batch has {k} keypoints but model.schema {schema.name!r} has {schema.num_joints} channels; put the "
+            "shards' labels into the model's channels first: remap_labels(batch, joint_map(data schema, model schema))"
+        )
     params = sample_easy_params(
         batch["canvas"].shape[0],
         scale_factor=e.scale_factor,
@@ -32,23 +40,35 @@ def easy_view(batch: dict, recipe: Recipe, generator: torch.Generator):
         generator=generator,
         device=batch["canvas"].device,
     )
-    return make_view(batch, params, d.input_size, recipe.schema.flip_index(), mean=d.mean, std=d.std, color=d.color)
+    return make_view(batch, params, d.input_size, schema.flip_index(), mean=d.mean, std=d.std, color=d.color)
 
 
-def remap_labels(batch: dict, schema) -> dict:
-    """Put COCO-17 labels into a schema's channels (union24: the reference's 24-channel head, §1.1); channels
-    COCO does not label get visibility 0. Batches already in the schema's layout pass through."""
-    k = batch["kpts"].shape[1]
-    if k == schema.num_joints:
+def remap_labels(batch: dict, joint_map: Sequence[int]) -> dict:
+    """Put a batch's labels (in the shards' keypoint schema) into the model's channels.
+
+    Args:
+        batch: collated batch; "kpts" (B, K_data, 2), "vis" (B, K_data).
+        joint_map: for each model channel the data joint that labels it, -1 for none (`sshpe.schema.joint_map`).
+
+    Returns:
+        The batch with "kpts" (B, K_model, 2) and "vis" (B, K_model) (unlabelled channels: visibility 0), the same
+        for the hidden ground truth "hidden_kpts" / "hidden_vis" when present, and "joint_mask" (B, K_model): 1
+        where the data has the channel (the union24 head's dummies are 0, reference §1.1). An identity map returns
+        the batch unchanged.
+    """
+    k_data = batch["kpts"].shape[1]
+    if list(joint_map) == list(range(k_data)):
         return batch
-    if k != 17 or not all(c < 17 for c in schema.to_coco):
-        raise ValueError(
-            f"shards hold {k} keypoints but model.schema={schema.name!r} has {schema.num_joints}; "
-            f"re-shard with --schema {schema.name} or change model.schema"
-        )
-    src = torch.tensor([max(c, 0) for c in schema.to_coco], device=batch["kpts"].device)
-    has = torch.tensor([c >= 0 for c in schema.to_coco], device=batch["kpts"].device)
-    return batch | {"kpts": batch["kpts"][:, src] * has[None, :, None], "vis": batch["vis"][:, src] * has[None]}
+    if max(joint_map) >= k_data:
+        raise ValueError(f"joint map {list(joint_map)} refers past the batch's {k_data} keypoints")
+    device = batch["kpts"].device
+    src = torch.tensor([max(j, 0) for j in joint_map], device=device)
+    has = torch.tensor([j >= 0 for j in joint_map], device=device, dtype=batch["vis"].dtype)
+    out = batch | {"joint_mask": has.expand(batch["kpts"].shape[0], -1)}
+    for kpts, vis in (("kpts", "vis"), ("hidden_kpts", "hidden_vis")):
+        if kpts in batch:
+            out |= {kpts: batch[kpts][:, src] * has[None, :, None], vis: batch[vis][:, src] * has[None]}
+    return out
 
 
 def heatmap_argmax(hm: torch.Tensor) -> torch.Tensor:
@@ -79,14 +99,15 @@ def op_params(op, recipe: Recipe) -> dict:
 
 
 def unlabeled_weight(recipe: Recipe, batch_u: dict) -> torch.Tensor:
-    """(B,K) unsupervised joint weights: 1 (reference §1.4), except the union24 channels that COCO-17 shards never
-    label (its 7 dummies) when such shards feed a union24 head."""
-    b, k_data = batch_u["kpts"].shape[:2]
-    schema, device = recipe.schema, batch_u["kpts"].device
-    if k_data == schema.num_joints:
-        return torch.ones(b, k_data, device=device)
-    mapped = torch.tensor([c >= 0 for c in schema.to_coco], dtype=torch.float32, device=device)
-    return mapped.expand(b, -1)
+    """(B,K) unsupervised joint weights: 1 on every channel the labeled data labels (reference §1.4; the MPII + AIC
+    protocol weights AIC crops on the MPII channels, SHP mix_mpii_ai.py), 0 on the union24 head's dummies.
+
+    `batch_u` went through `remap_labels` with the labeled shards' joint map (one manifest, one schema).
+    """
+    if "joint_mask" in batch_u:
+        return batch_u["joint_mask"].float()
+    b = batch_u["kpts"].shape[0]
+    return torch.ones(b, recipe.schema.num_joints, device=batch_u["kpts"].device)
 
 
 def train_step(
@@ -161,7 +182,8 @@ def teacher_heatmaps(student, teacher, img, kind: str, num_nets: int, w_u: torch
 
     single: the live student (train mode, as PoseCons); ema/eman: the EMA teacher; dual: crossed, net a learns
     from net b and vice versa (§2.6); triple (SSPCM §7): a and b crossed, c from the per-joint position-consistent
-    ensemble of current and last-epoch predictions, with joints whose mean confidence <= threshold masked.
+    ensemble of current and last-epoch predictions, with joints whose mean peak (max T1 + max T2) / 2 <= threshold
+    masked.
     """
     if kind in ("ema", "eman"):
         return [teacher(img, 0).float()], w_u
@@ -172,8 +194,9 @@ def teacher_heatmaps(student, teacher, img, kind: str, num_nets: int, w_u: torch
         return [live[1], live[0]], w_u
     last = [teacher(img, i).float() for i in range(2)]
     ensemble = position_consistent_ensemble(live, last)
-    mean = 0.5 * (live[0] + live[1])
-    keep = (mean.flatten(2).amax(-1) > recipe.teacher.score_threshold).float()
+    # SSPCM's filter: the mean of the two nets' peak values, not the peak of their mean map (reference §10.20)
+    mean_peak = 0.5 * (live[0].flatten(2).amax(-1) + live[1].flatten(2).amax(-1))
+    keep = (mean_peak > recipe.teacher.score_threshold).float()
     return [live[1], live[0], ensemble], w_u * keep
 
 

@@ -255,10 +255,22 @@ def test_flip_back_inverts_flip_and_swaps_channels(schema):
     k, flip_index = schema.num_joints, schema.flip_index()
     hm = torch.rand(2, k, 8, 6, generator=torch.Generator().manual_seed(7))
     flipped = hm.flip(-1)[:, flip_index]  # what the network sees/predicts for the mirrored input
-    torch.testing.assert_close(flip_back(flipped, flip_index, shift=False), hm, rtol=0, atol=0)
     left, right = schema.flip_pairs[0]
-    assert torch.equal(flip_back(hm, flip_index, shift=False)[:, left], hm[:, right].flip(-1))
+    assert torch.equal(flip_back(hm, flip_index)[:, left, :, 1:], hm[:, right].flip(-1)[..., :-1])
     shifted = flip_back(flipped, flip_index, shift=True)
     assert torch.equal(shifted[..., 1:], hm[..., :-1]) and torch.equal(shifted[..., 0], hm[..., 0])
     with pytest.raises(ValueError, match="channels"):
         flip_back(hm[:, :-1], flip_index)
+
+
+def test_flip_back_without_the_column_shift_translates_by_three_quarters_of_a_pixel():
+    """The reference's SHIFT_HEATMAP: false is not "no shift": a bilinear 0.75-px translation (reference §10.22)."""
+    hm = torch.zeros(1, 1, 5, 12)
+    hm[0, 0, 2, 4] = 1.0  # a peak at column 4 of the un-flipped map, i.e. column 7 of the prediction on the mirror
+    out = flip_back(hm.flip(-1), [0], shift=False)[0, 0]
+    assert out[2, 4] == pytest.approx(0.25) and out[2, 5] == pytest.approx(0.75)  # bilinear split
+    assert out.sum() == pytest.approx(1.0) and out[[0, 1, 3, 4]].abs().sum() == 0  # rows untouched
+    cols = torch.arange(12, dtype=torch.float32)
+    assert float((out[2] * cols).sum()) == pytest.approx(4.75)  # the centroid moves right by 0.75 px
+    edge = flip_back(torch.ones(1, 1, 2, 4), [0], shift=False)[0, 0, 0]
+    assert edge[0] == pytest.approx(0.25) and torch.allclose(edge[1:], torch.ones(3))  # zero padding on the left

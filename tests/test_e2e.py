@@ -43,8 +43,13 @@ def test_fit_writes_run_folder(smoke_shards, tmp_path):
     final = [r for r in logs if "val/AP" in r]
     assert len(final) == 1 and final[0]["step"] == 6 and final[0]["eval_network"] == "student"
     results = json.loads((run / "final" / "results.json").read_text())
-    assert results and set(results[0]) == {"image_id", "category_id", "keypoints", "score"}
+    assert results and set(results[0]) == {"image_id", "category_id", "keypoints", "score", "center", "scale", "bbox"}
     assert len(results[0]["keypoints"]) == 51
+    # bbox is the annotation's own box, as SHP/MA write it (reference §10.19), not the cleaned crop box
+    gt = json.loads(Path(json.loads((smoke_shards / "manifest.json").read_text())["sources"]["val_annotations"]
+                         ["path"]).read_text())  # fmt: skip
+    gt_boxes = {tuple(a["bbox"]) for a in gt["annotations"]}
+    assert all(tuple(r["bbox"]) in gt_boxes for r in results)
     meta = read_metadata(run / "final" / "model.safetensors")
     assert meta["arch"] == "test_resnet" and meta["input_size"] == [64, 64] and meta["schema"]["name"] == "coco17"
     assert meta["recipe_hash"] == recipe.hash()

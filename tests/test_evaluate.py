@@ -15,7 +15,6 @@ from sshpe.evaluate import (
     STAT_KEYS,
     build_results,
     coco_keypoint_eval,
-    eval_channels,
     heatmap_to_image,
     oks_iou,
     oks_nms,
@@ -23,7 +22,7 @@ from sshpe.evaluate import (
     stats_table,
     write_results,
 )
-from sshpe.schema import COCO17, COCO_NAMES, COCO_SIGMAS, COCO_SKELETON, MPII16, UNION24
+from sshpe.schema import AIC14, COCO17, COCO_NAMES, COCO_SIGMAS, COCO_SKELETON, MPII16, UNION24, eval_channels
 
 SIGMAS = np.array(COCO_SIGMAS)
 
@@ -105,23 +104,46 @@ def test_perfect_predictions_score_ap_one_and_noise_lowers_it(gt_file, caplog):
 
 def test_union24_predictions_map_to_coco_order(gt_file):
     kpts17, maxvals17, ids, scales, box_scores = _instances()
-    to_coco = np.array(UNION24.to_coco)
+    union = list(COCO17.union)  # union24 channel of each COCO joint
     kpts24 = np.full((len(ids), 24, 2), -999.0)  # dummy channels hold junk that must not leak into the results
     maxvals24 = np.full((len(ids), 24), 0.99)
-    kpts24[:, to_coco >= 0] = kpts17[:, to_coco[to_coco >= 0]]
-    maxvals24[:, to_coco >= 0] = maxvals17[:, to_coco[to_coco >= 0]]
-    results = build_results(kpts24, maxvals24, ids, scales, box_scores, UNION24)
+    kpts24[:, union] = kpts17
+    maxvals24[:, union] = maxvals17
+    results = build_results(kpts24, maxvals24, ids, scales, box_scores, UNION24, data_schema=COCO17)
     direct = build_results(kpts17, maxvals17, ids, scales, box_scores, COCO17)
     assert [len(r["keypoints"]) for r in results] == [51] * 4
     assert results == direct  # same order, same rescoring (the dummies' 0.99 do not count)
     assert coco_keypoint_eval(gt_file, results)["AP"] == pytest.approx(1.0)
 
 
-def test_eval_channels_per_schema():
-    channels, sigmas = eval_channels(UNION24)
-    assert [UNION24.to_coco[c] for c in channels] == list(range(17)) and np.allclose(sigmas, SIGMAS)
-    assert eval_channels(COCO17)[0] == list(range(17))
-    assert eval_channels(MPII16)[0] == list(range(16)) and np.allclose(eval_channels(MPII16)[1], MPII16.sigmas)
+def test_eval_channels_map_the_ground_truth_joints_to_model_channels():
+    # union24 head: each evaluated joint comes from the union channel of the same name (reference §1.1)
+    for data in (COCO17, MPII16, AIC14):
+        channels = eval_channels(data, UNION24)
+        union_names = [UNION24.names[c] for c in channels]
+        assert union_names == [n if n != "pelvis" else "root" for n in data.names]
+    assert eval_channels(COCO17, COCO17) == list(range(17))
+    assert eval_channels(MPII16, MPII16) == list(range(16))
+    with pytest.raises(ValueError, match="no joint mapping from the data's keypoint schema 'coco17'"):
+        eval_channels(COCO17, MPII16)
+
+
+def test_results_carry_the_reference_box_fields_and_pycocotools_takes_the_area_from_bbox(gt_file):
+    """SHP/MA write center, scale and bbox into each result; pycocotools' loadRes then uses the bbox area (§10.19)."""
+    from pycocotools.coco import COCO
+
+    kpts, maxvals, ids, scales, box_scores = _instances()
+    centers = np.stack([geometry.box_to_center_scale(b, 0.75)[0] for bs in _IMAGES.values() for b in bs])
+    boxes = np.array([b for bs in _IMAGES.values() for b in bs])
+    results = build_results(kpts, maxvals, ids, scales, box_scores, COCO17, centers=centers, boxes=boxes)
+    assert set(results[0]) == {"image_id", "category_id", "keypoints", "score", "center", "scale", "bbox"}
+    by_box = {tuple(r["bbox"]): r for r in results}
+    for box, center, scale in zip(boxes, centers, scales):
+        assert by_box[tuple(box)]["center"] == list(center) and by_box[tuple(box)]["scale"] == list(scale)
+    dt = COCO(str(gt_file)).loadRes([dict(r) for r in results])
+    assert sorted(a["area"] for a in dt.anns.values()) == sorted(b[2] * b[3] for b in boxes)
+    plain = COCO(str(gt_file)).loadRes([dict(r) for r in build_results(kpts, maxvals, ids, scales, box_scores, COCO17)])
+    assert sorted(a["area"] for a in plain.anns.values()) != sorted(b[2] * b[3] for b in boxes)  # keypoint extent
 
 
 def test_eval_errors_and_empty_results(gt_file, tmp_path, caplog):
@@ -256,3 +278,59 @@ def test_stats_table_lists_the_ten_stats():
     assert "10.0" in text and "100.0" in text and " - " in text
     with pytest.raises(ValueError, match="ARl"):
         stats_table({k: 0.5 for k in STAT_KEYS[:-1]}, "x")
+
+
+def test_stats_table_shows_a_pckh_table_in_its_own_columns():
+    stats = {"Head": 97.5, "Shoulder": 90.25, "Elbow": float("nan"), "Mean": 88.125, "Mean@0.1": 30.0}
+    table = stats_table(stats, "mpii val")
+    assert [c.header for c in table.columns] == list(stats)
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "97.50" in text and "88.12" in text and " - " in text  # percentages as printed; nan shows "-"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# faster-coco-eval backend
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_faster_coco_eval_matches_pycocotools_on_the_same_results(tmp_path):
+    """The 10 stats agree within 1e-4 (results with and without the bbox that sets the area, §10.19)."""
+    pytest.importorskip("faster_coco_eval")  # the fast-eval extra; CI installs it (.ci/run)
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_eval", REPO / "bench" / "bench_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gt, results = bench.make_eval_set(120, seed=1)
+    gt_file = tmp_path / "gt.json"
+    gt_file.write_text(json.dumps(gt))
+    plain = [{k: r[k] for k in ("image_id", "category_id", "keypoints", "score")} for r in results]
+    for res in (results, plain):
+        ref = coco_keypoint_eval(gt_file, res)
+        fast = coco_keypoint_eval(gt_file, res, backend="faster")
+        assert list(fast) == list(STAT_KEYS)
+        assert all(abs(ref[k] - fast[k]) <= 1e-4 for k in STAT_KEYS), (ref, fast)
+        assert 0.05 < ref["AP"] < 0.95  # a results file that exercises matching, not a trivial 0 or 1
+    assert coco_keypoint_eval(gt_file, results)["APm"] != coco_keypoint_eval(gt_file, plain)["APm"]
+
+
+def test_a_missing_backend_package_fails_early_with_the_install_command(monkeypatch):
+    import builtins
+
+    from sshpe.evaluate import BackendUnavailable, check_backend
+
+    real_import = builtins.__import__
+
+    def no_faster(name, *args, **kwargs):
+        if name == "faster_coco_eval":
+            raise ImportError("No module named 'faster_coco_eval'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faster)
+    with pytest.raises(BackendUnavailable, match=r"pip install 'sshpe\[fast-eval\]'"):
+        check_backend("faster")
+    check_backend("pycocotools")

@@ -18,7 +18,8 @@ from sshpe.data.prepare import find_sources, shard_dataset
 from sshpe.data.streams import make_train_loader
 from sshpe.loop import fit
 from sshpe.pseudo_labels import PseudoLabels, pseudo_label_pck
-from sshpe.schema import COCO17, get_schema
+from sshpe.schema import COCO17, get_schema, joint_map
+from sshpe.step import remap_labels
 from sshpe.views import View
 
 
@@ -78,13 +79,11 @@ def test_pck_swaps_left_and_right_of_flipped_views_and_maps_union24():
     out = pseudo_label_pck(PseudoLabels([pred], _view(2, 17, flip=[False, True])), {"hidden_kpts": gt,
                            "hidden_vis": vis}, COCO17)  # fmt: skip
     assert out == {"pseudo_pck": 1.0}
-    union = get_schema("union24")
-    pred24 = torch.zeros(1, 24, 2)
-    for c, src in enumerate(union.to_coco):
-        if src >= 0:
-            pred24[0, c] = gt[0, src]
-    out = pseudo_label_pck(PseudoLabels([pred24], _view(1, 24)), {"hidden_kpts": gt[:1], "hidden_vis": vis[:1]},
-                           union)  # fmt: skip
+    union = get_schema("union24")  # the loop maps hidden labels into the model's channels with the batch's labels
+    batch = remap_labels({"kpts": gt[:1], "vis": vis[:1], "hidden_kpts": gt[:1], "hidden_vis": vis[:1]},
+                         joint_map(COCO17, union))  # fmt: skip
+    assert batch["hidden_kpts"].shape == (1, 24, 2) and torch.equal(batch["hidden_kpts"], batch["kpts"])
+    out = pseudo_label_pck(PseudoLabels([batch["hidden_kpts"].clone()], _view(1, 24)), batch, union)
     assert out == {"pseudo_pck": 1.0}
 
 

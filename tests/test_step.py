@@ -3,21 +3,28 @@ dual networks teach each other, and a step is a deterministic function of its ge
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import smoke_recipe
 
 from sshpe.data.streams import TrainStream
 from sshpe.nets import build_nets
-from sshpe.step import easy_view, train_step
+from sshpe.schema import COCO17, MPII16, UNION24, joint_map
+from sshpe.step import easy_view, remap_labels, train_step
 from sshpe.teachers import make_teacher
 
 PATHS = "[[{kind: joint_cutout}], [{kind: joint_cut_occlusion}, {kind: cutout}], [{kind: cutmix}, {kind: mixup}]]"
 
 
-def _batches(shards, n=4):
+def _batches(shards, n=4, recipe=None):
+    """A labeled and an unlabeled batch, labels put into the recipe's model channels as the loop does."""
     lab = next(iter(TrainStream(shards, "labeled", seed=0, rank=0, world_size=1, batch_size=n)))
     unl = next(iter(TrainStream(shards, "unlabeled", seed=1, rank=0, world_size=1, batch_size=n)))
+    if recipe is not None:
+        jmap = joint_map(COCO17, recipe.schema)  # the smoke shards hold COCO-17 labels
+        lab, unl = remap_labels(lab, jmap), remap_labels(unl, jmap)
     return lab, unl
 
 
@@ -53,7 +60,7 @@ def _setup(shards, *overrides):
 )
 def test_every_student_parameter_gets_a_gradient(smoke_shards, overrides):
     recipe, nets, teacher = _setup(smoke_shards, *overrides)
-    lab, unl = _batches(smoke_shards)
+    lab, unl = _batches(smoke_shards, recipe=recipe)
     out = train_step(nets, teacher, lab, unl, recipe, torch.Generator().manual_seed(0))
     out["loss"].backward()
     missing = [n for n, p in nets.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -98,12 +105,44 @@ def test_dual_networks_teach_each_other(smoke_shards):
 
 
 def test_unlabeled_weights_mask_only_union_dummies(smoke_shards):
+    """Unlabeled crops are weighted on the channels the labeled data labels (reference §1.4; MPII + AIC: the MPII
+    channels), whatever the unlabeled labels were."""
     from sshpe.step import unlabeled_weight
 
     _, unl = _batches(smoke_shards)
     coco = unlabeled_weight(smoke_recipe(smoke_shards), unl)
     assert coco.shape == (4, 17) and torch.all(coco == 1)
-    union = unlabeled_weight(smoke_recipe(smoke_shards, "model.schema=union24"), unl)
+    union_recipe = smoke_recipe(smoke_shards, "model.schema=union24")
+    union = unlabeled_weight(union_recipe, remap_labels(unl, joint_map(COCO17, union_recipe.schema)))
     assert union.shape == (4, 24) and union[0].sum() == 17 and union[0, 0] == 0  # root is a dummy for COCO
-    mpii = {"kpts": torch.zeros(4, 16, 2)}  # MPII shards label all 16 channels
-    assert torch.all(unlabeled_weight(smoke_recipe(smoke_shards, "model.schema=mpii16"), mpii) == 1)
+    assert torch.equal(union[0].nonzero().flatten().sort().values, torch.tensor(sorted(COCO17.union)))
+    mpii = remap_labels({"kpts": torch.zeros(4, 16, 2), "vis": torch.zeros(4, 16)}, joint_map(MPII16, UNION24))
+    w = unlabeled_weight(union_recipe, mpii)
+    assert w[0].sum() == 16 and w[0, UNION24.names.index("root")] == 1 and w[0, UNION24.names.index("nose")] == 0
+
+
+def test_remap_labels_puts_data_joints_into_model_channels():
+    kpts = torch.arange(4 * 16 * 2, dtype=torch.float32).view(4, 16, 2)
+    vis = torch.full((4, 16), 2.0)
+    batch = {"kpts": kpts, "vis": vis, "canvas": torch.zeros(4, 3, 8, 8)}
+    out = remap_labels(batch, joint_map(MPII16, UNION24))
+    head_top = UNION24.names.index("head_top")
+    assert out["kpts"].shape == (4, 24, 2) and torch.equal(out["kpts"][:, head_top], kpts[:, 9])  # MPII head top
+    assert out["vis"][0, UNION24.names.index("belly")] == 0 and out["vis"][0].sum() == 2.0 * 16
+    assert remap_labels(batch, list(range(16))) is batch  # identity: untouched
+    with pytest.raises(ValueError, match="put the shards' labels into the model's channels"):
+        easy_view(batch, smoke_recipe(Path("unused"), "model.schema=union24"), torch.Generator())
+
+
+def test_sspcm_score_filter_is_the_mean_of_the_two_peaks(smoke_shards):
+    """SSPCM keeps a joint when (max T1 + max T2) / 2 > 0.1, not when the averaged map peaks above it (§10.20)."""
+    from sshpe.step import teacher_heatmaps
+
+    recipe = smoke_recipe(smoke_shards, "teacher.kind=triple", "teacher.score_threshold=0.1")
+    t1, t2 = torch.zeros(1, 17, 8, 6), torch.zeros(1, 17, 8, 6)
+    t1[0, 0, 1, 1], t2[0, 0, 6, 4] = 0.15, 0.15  # joint 0: peaks 0.15 apart -> averaged map peaks at 0.075; kept
+    t1[0, 1, 2, 2], t2[0, 1, 2, 2] = 0.15, 0.04  # joint 1: mean peak 0.095 -> masked
+    live = [t1, t2]
+    student = lambda img, i: live[i]  # noqa: E731
+    _, w = teacher_heatmaps(student, student, torch.zeros(1), "triple", 3, torch.ones(1, 17), recipe)
+    assert w[0, 0] == 1 and w[0, 1] == 0 and w[0, 2] == 0  # joint 2: both peaks 0

@@ -42,6 +42,8 @@ class Instance:
         area: annotation area in image px^2 (w * h for detection boxes).
         hidden_keypoints: (K, 3) the ground truth the unlabeled protocol drops (GT boxes of a labelled file
             sharded as unlabeled), kept for measuring pseudo-labels only; None otherwise.
+        raw_bbox: the box as the source file gives it (x, y, w, h), before cleaning; results files carry it as SHP/MA
+            write it (reference §10.19). None means `bbox`.
     """
 
     image_id: int
@@ -57,9 +59,43 @@ class Instance:
     num_keypoints: int
     area: float
     hidden_keypoints: np.ndarray | None = None
+    raw_bbox: tuple[float, float, float, float] | None = None
 
 
-def _read_json(path: Path, what: str) -> object:
+def image_size(path: Path, where: str) -> tuple[int, int]:
+    """(W, H) of an image from its header (no decode); the error names the image and the entry that uses it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} ({where}) does not exist; check the images folder") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"image {path} ({where}) is not a readable image ({err})") from None
+
+
+def read_json_list(path: Path, what: str, dataset: str, kind: str, joints: tuple[int, int]) -> list:
+    """A native-format annotation file that must be a non-empty JSON list (MPII, AI Challenger).
+
+    Args:
+        what: what the list holds, for the error ("person entries (HRNet's annot/*.json)").
+        dataset: the dataset's name, for the error.
+        kind: the instance kind being read; only "unlabeled" may use another joint count.
+        joints: (the dataset's joint count, the shards' schema's joint count).
+    """
+    if kind != "unlabeled" and joints[0] != joints[1]:
+        raise ValueError(
+            f"{path}: {dataset} labels have {joints[0]} joints but the shards' schema has {joints[1]}; use the "
+            "dataset's own schema, or write it as unlabeled (labels dropped)"
+        )
+    data = read_json(path, f"{dataset} annotation file")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of {what}")
+    return data
+
+
+def read_json(path: Path, what: str) -> object:
     """Parse a JSON file, raising errors that name the file and the fix."""
     path = Path(path)
     if not path.is_file():
@@ -139,7 +175,7 @@ def _gt_instances(
             if kind == "unlabeled":
                 kpts, hidden = np.zeros_like(kpts), kpts
             inst = _make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect)
-            out.append(replace(inst, hidden_keypoints=hidden))
+            out.append(replace(inst, hidden_keypoints=hidden, raw_bbox=_box(ann, ann_file, f"annotations[{i}]")))
     return out
 
 
@@ -147,7 +183,7 @@ def _det_instances(
     images: list[dict], det_file: Path, images_dir: Path, aspect: float, num_joints: int
 ) -> list[Instance]:
     """Instances from person detection boxes (raw, uncleaned, every score kept), in `images` order."""
-    dets = _read_json(det_file, "detection file")
+    dets = read_json(det_file, "detection file")
     if not isinstance(dets, list):
         raise ValueError(f"{det_file}: expected a COCO detection results list [{{image_id, bbox, score, ...}}]")
     by_image: dict[int, list[tuple[tuple[float, float, float, float], dict]]] = defaultdict(list)
@@ -228,7 +264,7 @@ def load_instances(
     if kind not in ("labeled", "unlabeled", "val"):
         raise ValueError(f"kind must be 'labeled', 'unlabeled' or 'val', got {kind!r}")
     ann_file = Path(ann_file)
-    data = _read_json(ann_file, "annotation file")
+    data = read_json(ann_file, "annotation file")
     images = _load_images(data, ann_file)
     if det_file is not None:
         instances = _det_instances(images, Path(det_file), Path(images_dir), aspect, num_joints)

@@ -1,24 +1,35 @@
-"""`sshpe shard`: find a COCO-format dataset's files and write its labeled, unlabeled and val splits.
+"""`sshpe shard`: find a dataset's files and write its labeled, unlabeled and val splits.
 
 Layouts recognised: the synthetic dataset of `sshpe synth` (`images/{train,val}/`, `annotations/person_keypoints_
-{train,val}.json`, `annotations/person_detections_val.json`) and COCO 2017 (`{train,val}2017/`,
-`annotations/person_keypoints_{train,val}2017.json`). Any other COCO-format data works through explicit paths.
+{train,val}.json`, `annotations/person_detections_val.json`), COCO 2017 (`{train,val}2017/`,
+`annotations/person_keypoints_{train,val}2017.json`), MPII in HRNet's layout (`annot/{train,valid}.json`,
+`annot/gt_valid.mat`, `images/`) and AI Challenger (`[train/]keypoint_train_annotation.json`, `[train/]images/`).
+Any other COCO-format data works through explicit paths.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
-from sshpe.data.coco import load_instances
+from sshpe.data.aic import load_aic
+from sshpe.data.coco import Instance, InstanceKind, load_instances, read_json
+from sshpe.data.mpii import load_mpii, read_pckh_gt
 from sshpe.data.shard_writer import write_manifest, write_shards
 from sshpe.geometry import canvas_side
-from sshpe.schema import get_schema
+from sshpe.schema import KeypointSchema, get_schema, schema_from_coco_category
+
+DatasetFormat = Literal["coco", "mpii", "aic"]
 
 
 @dataclass(frozen=True)
 class SourceFiles:
-    """Where a dataset's annotation files and images are."""
+    """Where a dataset's annotation files and images are, and in which format.
+
+    `val_pckh` is MPII's PCKh ground truth (`gt_valid.mat`); `unlabeled_source` is another dataset whose train
+    person boxes become the unlabeled split with their labels dropped (the MPII + AIC protocol, reference §1.2).
+    """
 
     train_ann: Path
     train_images: Path
@@ -28,36 +39,75 @@ class SourceFiles:
     unlabeled_info: Path | None = None
     unlabeled_images: Path | None = None
     unlabeled_dets: Path | None = None
+    format: DatasetFormat = "coco"
+    val_pckh: Path | None = None
+    unlabeled_source: SourceFiles | None = None
 
 
-_LAYOUTS = {
-    "synth": dict(
+_LAYOUTS: dict[str, tuple[DatasetFormat, dict[str, str]]] = {
+    "synth": ("coco", dict(
         train_ann="annotations/person_keypoints_train.json", train_images="images/train",
         val_ann="annotations/person_keypoints_val.json", val_images="images/val",
         val_dets="annotations/person_detections_val.json",
-    ),
-    "coco2017": dict(
+    )),
+    "coco2017": ("coco", dict(
         train_ann="annotations/person_keypoints_train2017.json", train_images="train2017",
         val_ann="annotations/person_keypoints_val2017.json", val_images="val2017",
         val_dets="annotations/COCO_val2017_detections_AP_H_56_person.json",
-    ),
+    )),
+    "mpii": ("mpii", dict(
+        train_ann="annot/train.json", train_images="images", val_ann="annot/valid.json", val_images="images",
+        val_pckh="annot/gt_valid.mat",
+    )),
+    "aic": ("aic", dict(train_ann="train/keypoint_train_annotation.json", train_images="train/images")),
+    "aic_split": ("aic", dict(train_ann="keypoint_train_annotation.json", train_images="images")),
 }  # fmt: skip
+_OPTIONAL = ("val_ann", "val_images", "val_dets", "val_pckh")
 
 
 def find_sources(root: Path) -> SourceFiles:
-    """Detect the layout of a dataset root; optional files (val, detections) are kept only if they exist."""
+    """Detect the layout of a dataset root; optional files (val, detections, PCKh GT) are kept only if they exist."""
     root = Path(root)
-    for layout in _LAYOUTS.values():
+    for fmt, layout in _LAYOUTS.values():
         if (root / layout["train_ann"]).is_file():
             paths = {k: root / v for k, v in layout.items()}
-            for opt in ("val_ann", "val_images", "val_dets"):
-                if not paths[opt].exists():
+            for opt in _OPTIONAL:
+                if opt in paths and not paths[opt].exists():
                     paths[opt] = None
-            return SourceFiles(**paths)
-    expected = " or ".join(str(root / lay["train_ann"]) for lay in _LAYOUTS.values())
+            return SourceFiles(format=fmt, **paths)
+    expected = " or ".join(str(root / lay["train_ann"]) for _, lay in _LAYOUTS.values())
     raise FileNotFoundError(
         f"{root}: no known dataset layout (looked for {expected}); pass --train-ann/--train-images explicitly"
     )
+
+
+def default_schema(src: SourceFiles) -> KeypointSchema:
+    """The keypoint schema of a source when none is given: MPII -> mpii16, AIC -> aic14, COCO format -> read from
+    the train file's `categories[0]` (coco17 when it names the COCO-17 joints)."""
+    if src.format == "mpii":
+        return get_schema("mpii16")
+    if src.format == "aic":
+        return get_schema("aic14")
+    data = read_json(src.train_ann, "annotation file")
+    cats = data.get("categories") if isinstance(data, dict) else None
+    if not cats:
+        raise ValueError(f"{src.train_ann}: no `categories` to read keypoint names from; pass --schema NAME|FILE")
+    return schema_from_coco_category(cats[0], str(src.train_ann))
+
+
+def load_split(
+    src: SourceFiles,
+    which: Literal["train", "val"],
+    *,
+    kind: InstanceKind,
+    aspect: float,
+    num_joints: int,
+    limit: int | None = None,
+) -> list[Instance]:
+    """GT-box instances of a source's train or val annotations, read by the source's format."""
+    ann, images = (src.train_ann, src.train_images) if which == "train" else (src.val_ann, src.val_images)
+    reader = {"coco": load_instances, "mpii": load_mpii, "aic": load_aic}[src.format]
+    return reader(ann, images, kind=kind, aspect=aspect, num_joints=num_joints, limit=limit)
 
 
 def shard_dataset(
@@ -66,7 +116,7 @@ def shard_dataset(
     *,
     dataset: str,
     input_hw: tuple[int, int],
-    schema_name: str = "coco17",
+    schema: str | Path | KeypointSchema | None = None,
     labeled: int | None = None,
     unlabeled: bool = True,
     shard_size: int = 1000,
@@ -76,33 +126,50 @@ def shard_dataset(
     """Write labeled / unlabeled / val (/ val_det) shards and the manifest; returns the manifest's split entries.
 
     Args:
+        schema: keypoint schema of the labels: a built-in name, a schema file, or None for the source's default
+            (`default_schema`). The manifest stores it in full.
         labeled: keep the first N valid train instances as the labeled split (reference §1.2); None = all.
         unlabeled: write the unlabeled split: every train instance with labels dropped (reference protocol, the
-            labeled ones included), or the detection boxes of `src.unlabeled_dets` when given (COCO-wild).
+            labeled ones included), the detection boxes of `src.unlabeled_dets` when given (COCO-wild), or the train
+            boxes of `src.unlabeled_source` (another dataset, e.g. AIC for MPII) with labels dropped.
     """
-    schema = get_schema(schema_name)
+    if schema is None:
+        schema = default_schema(src)
+    elif not isinstance(schema, KeypointSchema):
+        schema = get_schema(schema)
     aspect = input_hw[1] / input_hw[0]
     common = dict(aspect=aspect, num_joints=schema.num_joints)
-    plans: list[tuple[str, list]] = []
-    plans.append(("labeled", load_instances(src.train_ann, src.train_images, kind="labeled", limit=labeled, **common)))
+    plans: list[tuple[str, list]] = [("labeled", load_split(src, "train", kind="labeled", limit=labeled, **common))]
+    sources = {"train_annotations": src.train_ann}
     if unlabeled:
-        if src.unlabeled_dets is not None:
+        if src.unlabeled_source is not None:
+            other = src.unlabeled_source
+            plans.append(("unlabeled", load_split(other, "train", kind="unlabeled", **common)))
+            sources["unlabeled_annotations"] = other.train_ann
+        elif src.unlabeled_dets is not None:
             info = src.unlabeled_info or src.train_ann
             images = src.unlabeled_images or src.train_images
             insts = load_instances(info, images, kind="unlabeled", det_file=src.unlabeled_dets, **common)
+            plans.append(("unlabeled", insts))
+            sources["unlabeled_detections"] = src.unlabeled_dets
         else:
-            insts = load_instances(src.train_ann, src.train_images, kind="unlabeled", **common)
-        plans.append(("unlabeled", insts))
-    sources = {"train_annotations": src.train_ann}
+            plans.append(("unlabeled", load_split(src, "train", kind="unlabeled", **common)))
     if src.val_ann is not None:
-        plans.append(("val", load_instances(src.val_ann, src.val_images, kind="val", **common)))
+        val = load_split(src, "val", kind="val", **common)
+        plans.append(("val", val))
         sources["val_annotations"] = src.val_ann
+        if src.val_pckh is not None:
+            n_gt = len(read_pckh_gt(src.val_pckh, schema.num_joints)["pos"])
+            if n_gt != len(val):
+                raise ValueError(
+                    f"{src.val_pckh} holds {n_gt} persons but {src.val_ann} has {len(val)} entries; PCKh pairs them "
+                    "in order, so both must come from the same release"
+                )
+            sources["val_pckh"] = src.val_pckh
         if src.val_dets is not None:
             dets = load_instances(src.val_ann, src.val_images, kind="val", det_file=src.val_dets, **common)
             plans.append(("val_det", dets))
             sources["val_detections"] = src.val_dets
-    if src.unlabeled_dets is not None and unlabeled:
-        sources["unlabeled_detections"] = src.unlabeled_dets
 
     side = canvas_side(input_hw)
     splits = {}

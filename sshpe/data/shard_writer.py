@@ -101,6 +101,7 @@ def _record(inst: Instance, key: str, dataset: str, split: str, canvas_to_img: n
         "file_name": inst.file_name,
         "image_size": [int(inst.image_size[0]), int(inst.image_size[1])],
         "bbox": [float(v) for v in inst.bbox],
+        "raw_bbox": [float(v) for v in (inst.raw_bbox or inst.bbox)],
         "score": float(inst.score),
         "center": [float(v) for v in inst.center],
         "scale": [float(v) for v in inst.scale],

@@ -107,9 +107,10 @@ def collate(samples: list[dict]) -> dict:
     Returns:
         "canvas" (B, 3, S, S) uint8 RGB; "kpts" (B, K, 2) float32 canvas px; "vis" (B, K) float32 COCO v;
         "center" (B, 2) float64 image px; "scale" (B, 2) float64 (200-px units); "canvas_to_image" (B, 2, 3)
-        float64; "score" (B,) float32; "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has
-        the unlabeled split's hidden ground truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K):
-        for pseudo-label metrics only (`sshpe.step.train_step` never reads them).
+        float64; "score" (B,) float32; "raw_bbox" (B, 4) float64 the source's box (x, y, w, h) in image px;
+        "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has the unlabeled split's hidden ground
+        truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K): for pseudo-label metrics only
+        (`sshpe.step.train_step` never reads them).
     """
     recs = [s["record"] for s in samples]
     canvas = torch.from_numpy(np.stack([s["canvas"] for s in samples])).permute(0, 3, 1, 2).contiguous()
@@ -126,6 +127,8 @@ def collate(samples: list[dict]) -> dict:
         "scale": torch.tensor([r["scale"] for r in recs], dtype=torch.float64),
         "canvas_to_image": torch.tensor([r["canvas_to_image"] for r in recs], dtype=torch.float64),
         "score": torch.tensor([r["score"] for r in recs], dtype=torch.float32),
+        # shards written before raw_bbox existed: the (cleaned) box
+        "raw_bbox": torch.tensor([r["raw_bbox"] if "raw_bbox" in r else r["bbox"] for r in recs], dtype=torch.float64),
         "image_id": torch.tensor([r["image_id"] for r in recs], dtype=torch.int64),
         "ann_id": torch.tensor([r["ann_id"] for r in recs], dtype=torch.int64),
         "key": [r["key"] for r in recs],
