@@ -11,8 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sshpe.data.coco import load_instances
-from sshpe.data.shard_writer import write_manifest, write_shards
-from sshpe.geometry import canvas_side
+from sshpe.data.shard_folder import FolderResult, write_shard_folder
 from sshpe.schema import get_schema
 
 
@@ -71,50 +70,48 @@ def shard_dataset(
     unlabeled: bool = True,
     shard_size: int = 1000,
     workers: int = 0,
+    skip_invalid: bool = False,
     progress: bool = True,
-) -> dict:
-    """Write labeled / unlabeled / val (/ val_det) shards and the manifest; returns the manifest's split entries.
+) -> FolderResult:
+    """Write labeled / unlabeled / val (/ val_det) shards and the manifest as one transaction: afterwards `out_dir`
+    holds exactly these splits (splits of an earlier run that this one does not write are removed, and listed in
+    the result), or, on any failure, exactly what it held before.
 
     Args:
         labeled: keep the first N valid train instances as the labeled split (reference §1.2); None = all.
         unlabeled: write the unlabeled split: every train instance with labels dropped (reference protocol, the
             labeled ones included), or the detection boxes of `src.unlabeled_dets` when given (COCO-wild).
+        skip_invalid: skip invalid annotations and unusable images (counted per split and reason in the manifest)
+            instead of failing with a list of them.
     """
     schema = get_schema(schema_name)
-    aspect = input_hw[1] / input_hw[0]
-    common = dict(aspect=aspect, num_joints=schema.num_joints)
-    plans: list[tuple[str, list]] = []
-    plans.append(("labeled", load_instances(src.train_ann, src.train_images, kind="labeled", limit=labeled, **common)))
+    common = dict(aspect=input_hw[1] / input_hw[0], num_joints=schema.num_joints)
+
+    def load(ann: Path, images: Path, kind: str, **kw) -> tuple[list, dict[str, int]]:
+        skipped: dict[str, int] | None = {} if skip_invalid else None
+        return load_instances(ann, images, kind=kind, skipped=skipped, **common, **kw), skipped or {}
+
+    plans = {"labeled": load(src.train_ann, src.train_images, "labeled", limit=labeled)}
     if unlabeled:
         if src.unlabeled_dets is not None:
             info = src.unlabeled_info or src.train_ann
             images = src.unlabeled_images or src.train_images
-            insts = load_instances(info, images, kind="unlabeled", det_file=src.unlabeled_dets, **common)
+            plans["unlabeled"] = load(info, images, "unlabeled", det_file=src.unlabeled_dets)
         else:
-            insts = load_instances(src.train_ann, src.train_images, kind="unlabeled", **common)
-        plans.append(("unlabeled", insts))
+            plans["unlabeled"] = load(src.train_ann, src.train_images, "unlabeled")
     sources = {"train_annotations": src.train_ann}
     if src.val_ann is not None:
-        plans.append(("val", load_instances(src.val_ann, src.val_images, kind="val", **common)))
+        plans["val"] = load(src.val_ann, src.val_images, "val")
         sources["val_annotations"] = src.val_ann
         if src.val_dets is not None:
-            dets = load_instances(src.val_ann, src.val_images, kind="val", det_file=src.val_dets, **common)
-            plans.append(("val_det", dets))
+            plans["val_det"] = load(src.val_ann, src.val_images, "val", det_file=src.val_dets)
             sources["val_detections"] = src.val_dets
     if src.unlabeled_dets is not None and unlabeled:
         sources["unlabeled_detections"] = src.unlabeled_dets
-
-    side = canvas_side(input_hw)
-    splits = {}
-    for split, insts in plans:
-        splits[split] = write_shards(
-            insts, out_dir, dataset=dataset, split=split, input_hw=input_hw, canvas=side,
-            shard_size=shard_size, workers=workers, progress=progress,
-        )  # fmt: skip
-    write_manifest(
-        out_dir, dataset=dataset, schema=schema, input_hw=input_hw, canvas=side, splits=splits, sources=sources
-    )
-    return splits
+    return write_shard_folder(
+        out_dir, plans, dataset=dataset, schema=schema, input_hw=input_hw, sources=sources, shard_size=shard_size,
+        workers=workers, skip_invalid=skip_invalid, progress=progress,
+    )  # fmt: skip
 
 
 def with_overrides(src: SourceFiles, **paths: Path | None) -> SourceFiles:
