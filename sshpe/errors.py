@@ -42,19 +42,18 @@ def describe_os_error(err: OSError, action: str = "") -> str:
 
     Args:
         err: the error (its `filename`, when set, is the path named).
-        action: what was being done, e.g. "writing checkpoint runs/x/checkpoints/step-000200"; used when the error
-            carries no file name.
+        action: what was being done, e.g. "writing checkpoint runs/x/checkpoints/step-000200"; named instead of a
+            path when the error carries none (a failed `write()` on a full disk does not).
     """
     code = err.errno if isinstance(err.errno, int) else None
     name = errno.errorcode.get(code, "OSError") if code is not None else type(err).__name__
     reason = err.strerror or str(err)
-    where = err.filename if err.filename is not None else None
-    if err.filename2 is not None:
-        where = f"{err.filename} -> {err.filename2}"
-    subject = f"{os.fspath(where)}" if where is not None else (action or "a file operation")
+    if err.filename is not None:
+        subject = os.fspath(err.filename) + (f" -> {os.fspath(err.filename2)}" if err.filename2 is not None else "")
+    else:
+        subject = action or "a file operation"
     fix = _OS_FIXES.get(code, "check the path and the disk")
-    during = f" while {action}" if action and where is not None else ""
-    return f"{subject}: {reason} [{name}]{during}; {fix}"
+    return f"{subject}: {reason} [{name}]; {fix}"
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -117,9 +117,10 @@ def write_shard_folder(
         fsync_tree(staging)
         _commit(staging, out)
     except OSError as err:
+        if err.filename is None or str(err.filename).startswith(str(staging)):  # name the folder, not the staging
+            err = OSError(err.errno, err.strerror, str(out))
         raise ShardWriteError(
-            f"writing {out} failed: {describe_os_error(err, f'staging shards in {staging}')}; nothing was committed, "
-            f"{out} is as it was"
+            f"sshpe shard: {describe_os_error(err)}; nothing was committed, {out} is as it was"
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after the swap it holds the previous folder
