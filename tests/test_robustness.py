@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
-import numpy as np
 import pytest
 from sshpe._cli.app import app
 from typer.testing import CliRunner
@@ -87,7 +86,7 @@ def test_hostile_recipe_files_are_one_line_errors(tmp_path, text, words):
     [
         ("train.batch_size=[1,", "not valid YAML"),
         ("data.input_size=[0,0]", "data.input_size: input_size [0, 0] must be positive"),
-        ("augment.mum.grid=[0,0]", "augment.mum.grid[0]: Input should be greater than or equal to 1"),
+        ("augment.mum.grid=[4,0]", "augment.mum.grid[1]: Input should be greater than or equal to 1"),
         ("data.sigma=.inf", "data.sigma: Input should be a finite number"),
         ("model.head_channels=[0,16,16]", "model.head_channels[0]"),
         ("optim.lr=.inf", "optim.lr: Input should be a finite number"),
@@ -98,6 +97,7 @@ def test_hostile_recipe_files_are_one_line_errors(tmp_path, text, words):
         ("name=../..", "name: a run name must be one folder name"),
         ("name=" + "x" * 5000, "(got 'xxxxxxxx"),
     ],
+    ids=lambda v: v[:40],
 )
 def test_issue_values_are_refused_at_validation(override, field):
     with pytest.raises(RecipeError) as err:
@@ -159,7 +159,7 @@ def test_failed_reshard_keeps_the_folder_and_stale_splits_are_removed(fx, tmp_pa
     shutil.copytree(fx.data, a)
     bad = sorted((a / "images" / "train").glob("*.jpg"))[1]
     _truncate(bad)
-    assert cv2.imdecode(np.fromfile(bad, np.uint8), cv2.IMREAD_COLOR) is not None  # libjpeg only warns
+    assert cv2.imread(str(bad)) is not None  # what the writer used to read: libjpeg only warns, grey fill
     with pytest.raises(InvalidImage) as err:  # `sshpe shard A/data O` with one corrupt image
         shard_dataset(find_sources(a), out, dataset="synth", input_hw=(64, 64), shard_size=8, progress=False)
     assert str(bad) in str(err.value) and "truncated" in str(err.value) and "annotation id" in str(err.value)
@@ -314,8 +314,12 @@ def _spoil_annotations(root: Path) -> list[int]:
     return [x["id"] for x in a[:4]]
 
 
-def test_invalid_annotations_are_listed_and_skip_invalid_counts_them(fx, tmp_path):
-    root = _copy(fx.data, tmp_path / "d")
+def test_invalid_annotations_are_listed_and_skip_invalid_counts_them(tmp_path):
+    from sshpe.synth import generate
+
+    clean = tmp_path / "clean"
+    generate(clean, num_train=8, num_val=3, seed=7, image_size=(128, 96), progress=False)
+    root = _copy(clean, tmp_path / "d")
     ids = _spoil_annotations(root)
     with pytest.raises(InvalidAnnotations) as err:
         shard_dataset(find_sources(root), tmp_path / "O", dataset="synth", input_hw=(64, 64), progress=False)
@@ -325,16 +329,21 @@ def test_invalid_annotations_are_listed_and_skip_invalid_counts_them(fx, tmp_pat
         assert any(f"annotation id {ann_id} " in line and what in line for line in msg.splitlines()), (ann_id, msg)
     assert not (tmp_path / "O").exists()
 
-    images = sorted((root / "images" / "val").glob("*.jpg"))
-    _truncate(images[0])
-    images[1].write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    full = shard_dataset(find_sources(fx.data), tmp_path / "full", dataset="synth", input_hw=(64, 64), progress=False)
+    _truncate(sorted((root / "images" / "val").glob("*.jpg"))[0])
+    train = json.loads((root / "annotations" / "person_keypoints_train.json").read_text())
+    last = train["annotations"][-1]  # an image whose persons are not among the spoiled annotations
+    assert last["id"] not in ids
+    file_name = next(i["file_name"] for i in train["images"] if i["id"] == last["image_id"])
+    (root / "images" / "train" / file_name).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    full = shard_dataset(find_sources(clean), tmp_path / "full", dataset="synth", input_hw=(64, 64), progress=False)
     result = shard_dataset(find_sources(root), tmp_path / "O", dataset="synth", input_hw=(64, 64), skip_invalid=True,
                            progress=False)  # fmt: skip
     splits = read_manifest(tmp_path / "O")["splits"]
-    skipped_train = {"bad_box": 2, "bad_visibility": 1, "non_finite_keypoints": 1}
-    assert splits["labeled"]["skipped"] == splits["unlabeled"]["skipped"] == skipped_train
-    assert splits["val"]["skipped"].keys() == {"truncated_image", "undecodable_image"}
+    annotations = {"bad_box": 2, "bad_visibility": 1, "non_finite_keypoints": 1}
+    assert splits["labeled"]["skipped"] == splits["unlabeled"]["skipped"]
+    assert splits["labeled"]["skipped"].keys() == annotations.keys() | {"undecodable_image"}
+    assert all(splits["labeled"]["skipped"][k] == n for k, n in annotations.items())
+    assert splits["val"]["skipped"].keys() == {"truncated_image"}
     for split, entry in splits.items():
         assert entry["count"] == full.splits[split]["count"] - sum(entry["skipped"].values()), split
     assert result.splits == splits
