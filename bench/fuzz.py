@@ -486,6 +486,20 @@ def _env() -> dict:
     return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def _kill_after(proc: subprocess.Popen, ready: Callable[[], bool], delay: float, limit: float) -> bool:
+    """SIGKILL `proc` `delay` seconds after `ready()` first holds (or after it exits); False if neither happens
+    within `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and not ready():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait(timeout=60)
+    return True
+
+
 def case_kill_shard(rng: random.Random, work: Path, data: Path, old: Path, new_snapshot: dict) -> str:
     """SIGKILL `sshpe shard DATA OUT` (OUT holding an older folder) at a random instant after staging starts; OUT
     must be exactly the old folder or exactly the new one."""
@@ -494,16 +508,11 @@ def case_kill_shard(rng: random.Random, work: Path, data: Path, old: Path, new_s
     before = snapshot(out)
     cmd = [*CLI, "shard", str(data), str(out), "--name", "synth", "--input-size", "64x64", "--shard-size", "8",
            "--workers", "0"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and not any(p.name.startswith(f".{out.name}.staging-") for p in work.iterdir()):
-            if time.monotonic() > deadline:
-                return "hang"
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 3.0))
-        proc.kill()
-        proc.wait(timeout=60)
+        staging = lambda: any(p.name.startswith(f".{out.name}.staging-") for p in work.iterdir())  # noqa: E731
+        if not _kill_after(proc, staging, rng.uniform(0, 3.0), 300):
+            return "hang"
         after = snapshot(out)
         return "ok" if after in (before, new_snapshot) else "mixed"
     finally:
@@ -517,21 +526,16 @@ def case_kill_shard(rng: random.Random, work: Path, data: Path, old: Path, new_s
 def case_kill_train(rng: random.Random, work: Path, shards: Path) -> str:
     """SIGKILL `sshpe train` at a random instant after its first checkpoint; every checkpoint auto-resume could pick
     must load, and a plan must exist."""
-    from sshpe.checkpoint import complete_checkpoints, plan_resume, verify_checkpoint
+    from sshpe.checkpoint import COMPLETE, complete_checkpoints, plan_resume, verify_checkpoint
 
     run = work / f"t{rng.randrange(10**9)}"
     cmd = [*CLI, "train", str(REPO / "recipes" / "_smoke.yaml"), "--set", f"data.shards={shards}", "--set",
            "train.duration=12", "--out", str(run)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 600
-        while proc.poll() is None and not (run / "checkpoints" / "step-000002" / "COMPLETE").exists():
-            if time.monotonic() > deadline:
-                return "hang"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 4.0))
-        proc.kill()
-        proc.wait(timeout=60)
+        first = (run / "checkpoints" / "step-000002" / COMPLETE).exists
+        if not _kill_after(proc, first, rng.uniform(0, 4.0), 600):
+            return "hang"
         try:
             for _step, path in complete_checkpoints(run / "checkpoints"):
                 verify_checkpoint(path)

@@ -150,6 +150,7 @@ class SampleRecord(_Strict):
     keypoints: tuple[_Row3, ...]
     num_keypoints: int = Field(ge=0)
     area: float
+    hidden_keypoints: tuple[_Row3, ...] | None = None  # the unlabeled split's dropped GT (pseudo-label metrics only)
 
     @model_validator(mode="after")
     def _sane(self) -> SampleRecord:
@@ -172,10 +173,11 @@ def check_record(record: object, *, num_joints: int, shard: Path, key: str) -> N
         raise ShardFormatError(
             f"corrupt sample {key!r} in shard {shard}: bad record ({_problems(err)}); run `sshpe shard` again"
         ) from None
-    if len(rec.keypoints) != num_joints:
-        raise ShardFormatError(
-            f"corrupt sample {key!r} in shard {shard}: {len(rec.keypoints)} keypoints but the manifest's schema has "
-            f"{num_joints}; the shard does not belong to this manifest, run `sshpe shard` again"
-        )
+    for field, rows in (("keypoints", rec.keypoints), ("hidden_keypoints", rec.hidden_keypoints)):
+        if rows is not None and len(rows) != num_joints:
+            raise ShardFormatError(
+                f"corrupt sample {key!r} in shard {shard}: {len(rows)} {field} but the manifest's schema has "
+                f"{num_joints}; the shard does not belong to this manifest, run `sshpe shard` again"
+            )
     if rec.key != key:
         raise ShardFormatError(f"corrupt sample {key!r} in shard {shard}: its record says key {quoted(rec.key)}")
