@@ -26,7 +26,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a r
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    _print_error(msg)
     raise typer.Exit(code)
 
 
@@ -35,9 +35,10 @@ def _user_errors():
     from sshpe.checkpoint import CheckpointError
     from sshpe.distributed import EngineError
     from sshpe.evaluate import BackendUnavailable
+    from sshpe.parallel import WorkerDied
     from sshpe.recipe import RecipeError
 
-    return (RecipeError, EngineError, CheckpointError, BackendUnavailable, FileNotFoundError, ValueError)
+    return (RecipeError, EngineError, CheckpointError, BackendUnavailable, WorkerDied, FileNotFoundError, ValueError)
 
 
 def _load(recipe: Path, overrides: list[str] | None):
@@ -128,8 +129,14 @@ def shard(
     unlabeled_dets: Annotated[Optional[Path], typer.Option(help="person detections on unlabeled images")] = None,
     shard_size: Annotated[int, typer.Option(help="samples per tar")] = 1000,
     workers: Annotated[int, typer.Option(help="parallel encoding processes")] = 2,
+    skip_invalid: Annotated[
+        bool, typer.Option(help="skip invalid annotations and unusable images (counted in the manifest)")
+    ] = False,
 ) -> None:
-    """Write WebDataset shards of person canvases (labeled, unlabeled, val[, val_det]) and a manifest."""
+    """Write WebDataset shards of person canvases (labeled, unlabeled, val[, val_det]) and a manifest.
+
+    OUT is replaced as a whole: afterwards it holds exactly the splits of this run, or, if the run fails or is
+    killed, exactly what it held before."""
     from dataclasses import replace
 
     from sshpe.data.prepare import SourceFiles, find_sources, shard_dataset, with_overrides
@@ -146,15 +153,20 @@ def shard(
         )  # fmt: skip
         if unlabeled_source is not None:
             src = replace(src, unlabeled_source=find_sources(unlabeled_source))
-        splits = shard_dataset(
+        result = shard_dataset(
             src, out, dataset=name or source.resolve().name.replace(".", "_").replace("-", "_"),
             input_hw=_hw(input_size), schema=schema, labeled=labeled, unlabeled=unlabeled,
-            shard_size=shard_size, workers=workers,
+            shard_size=shard_size, workers=workers, skip_invalid=skip_invalid,
         )  # fmt: skip
     except _user_errors() as e:
         _fail(str(e))
-    for split, entry in splits.items():
-        console.print(f"{split}: {entry['count']} samples in {len(entry['shards'])} shard(s)")
+    for split in result.written:
+        entry = result.splits[split]
+        skipped = entry["skipped"]
+        note = f" (skipped {sum(skipped.values())}: {skipped})" if skipped else ""
+        console.print(f"{split}: {entry['count']} samples in {len(entry['shards'])} shard(s){note}")
+    if result.removed:
+        console.print(f"removed split(s) of the previous manifest that this run did not write: {list(result.removed)}")
     console.print(f"manifest: {out / 'manifest.json'}")
 
 
@@ -258,7 +270,7 @@ def recipe_check(recipes: Annotated[list[Path], typer.Argument(help="recipe file
             console.print(f"[green]ok[/] {path}")
         except _user_errors() as e:
             bad += 1
-            err_console.print(str(e), highlight=False, soft_wrap=True)
+            err_console.print(str(e), highlight=False, soft_wrap=True, markup=False)
     if bad:
         raise typer.Exit(2)
 
@@ -358,7 +370,22 @@ def import_weights(
 
 
 def main() -> None:
-    app()
+    """The `sshpe` entry point: operating-system errors a user can fix (full disk, read-only or missing folders)
+    end the command with one line naming the path and the fix instead of a traceback."""
+    from sshpe.errors import describe_os_error
+
+    try:
+        app()
+    except OSError as e:
+        what = " ".join(sys.argv[1:3])
+        _print_error(describe_os_error(e, f"running `sshpe {what}`") if e.errno is not None else str(e))
+        sys.exit(2)
+
+
+def _print_error(msg: str) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,17 @@ def _allow_deepspeed_without_transformers() -> None:
     DeepSpeedPlugin.set_deepspeed_weakref = lambda self: None
 
 
+def _require_deepspeed(choice: EngineChoice) -> None:
+    """DeepSpeed is an optional extra: a run that asks for it without it installed fails with the fix."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as e:
+        raise EngineError(
+            f"engine=deepspeed (from the {choice.source}) but DeepSpeed cannot be imported ({e}); "
+            "pip install -e '.[deepspeed]', or use distributed.engine: ddp"
+        ) from None
+
+
 def build_accelerator(recipe):
     """Build the Accelerator a recipe asks for (works unchanged under `accelerate launch` and `torchrun`)."""
     from accelerate import Accelerator
@@ -138,6 +149,7 @@ def build_accelerator(recipe):
     if choice.engine == "deepspeed":
         from accelerate.utils import DeepSpeedPlugin
 
+        _require_deepspeed(choice)
         _allow_deepspeed_without_transformers()
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, choice))
         acc = Accelerator(mixed_precision="no", deepspeed_plugin=plugin, gradient_accumulation_steps=t.grad_accum)

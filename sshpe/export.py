@@ -10,14 +10,49 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from sshpe.errors import quoted
 from sshpe.models import build_model
 from sshpe.recipe import Recipe
 from sshpe.views import HEATMAP_STRIDE
 
 FORMAT = "sshpe-model/1"
+_REQUIRED_META = ("arch", "num_joints", "head_channels", "head_kernel", "input_size", "mean", "std", "schema")
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be used (missing, truncated, corrupt, or not written by sshpe); the message names
+    the file and what to do."""
+
+
+_READ_ERRORS = (SafetensorError, RuntimeError, OSError, ValueError)
+
+
+def _unreadable(path: Path, err: BaseException) -> str:
+    return (
+        f"{path} is not a readable safetensors file ({quoted(str(err), 120)}): it is truncated, corrupt or another "
+        "format; write it again (sshpe export / sshpe import-weights) or copy it again"
+    )
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the raw metadata of a safetensors file, read through `safe_open` (no pickle).
+
+    Raises:
+        WeightsFileError: the file is missing, or its header or data are truncated or corrupt (named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except _READ_ERRORS as err:
+        raise WeightsFileError(_unreadable(path, err)) from None
+    return state, meta
 
 
 def model_metadata(recipe: Recipe, network: str) -> dict[str, str]:
@@ -56,9 +91,31 @@ def export_model(net: torch.nn.Module, path: Path, recipe: Recipe, network: str)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network))
-    os.replace(tmp, path)
+    try:
+        save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _decode_metadata(raw: dict[str, str], path: Path) -> dict:
+    """Metadata strings -> values (JSON where they parse), checked to hold what rebuilding the network needs."""
+    if raw.get("format") != FORMAT:
+        raise WeightsFileError(
+            f"{path}: not an sshpe model (metadata format {quoted(raw.get('format'))}, expected {FORMAT!r}); "
+            "export one with `sshpe export RUN_DIR`"
+        )
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    missing = [k for k in _REQUIRED_META if k not in out]
+    if missing:
+        raise WeightsFileError(f"{path}: model metadata lacks {missing}; export the model again")
+    return out
 
 
 def read_metadata(path: Path) -> dict:
@@ -66,28 +123,42 @@ def read_metadata(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file; create one with `sshpe export RUN_DIR`")
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-    if raw.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an sshpe model (metadata format {raw.get('format')!r}, expected {FORMAT!r})")
-    out = {}
-    for k, v in raw.items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except _READ_ERRORS as err:
+        raise WeightsFileError(_unreadable(path, err)) from None
+    return _decode_metadata(raw, path)
 
 
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network from metadata and load its weights (strict); returns (model in eval mode, metadata)."""
-    meta = read_metadata(path)
-    net = build_model(
-        meta["arch"],
-        int(meta["num_joints"]),
-        pretrained=False,
-        head_channels=tuple(meta["head_channels"]),
-        head_kernel=int(meta["head_kernel"]),
-    )
-    net.load_state_dict(load_file(str(path), device=str(device)))
+    """Rebuild the network from metadata and load its weights (strict); returns (model in eval mode, metadata).
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsFileError: a truncated or corrupt file, foreign or incomplete metadata, or weights that do not fit
+            the network the metadata describes (each names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file; create one with `sshpe export RUN_DIR`")
+    state, raw = read_safetensors(path, device)
+    meta = _decode_metadata(raw, path)
+    try:
+        net = build_model(
+            str(meta["arch"]),
+            int(meta["num_joints"]),
+            pretrained=False,
+            head_channels=tuple(int(c) for c in meta["head_channels"]),
+            head_kernel=int(meta["head_kernel"]),
+        )
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise WeightsFileError(f"{path}: its metadata does not describe a network sshpe can build ({err})") from None
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsFileError(
+            f"{path}: its tensors do not fit the {meta['arch']} network its metadata describes "
+            f"({quoted(str(err).splitlines()[0], 160)}); export the model again"
+        ) from None
     return net.to(device).eval(), meta

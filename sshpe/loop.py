@@ -30,6 +30,7 @@ from sshpe.nets import build_nets
 from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
 from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
+from sshpe.run_lock import run_lock
 from sshpe.schema import eval_channels, joint_map
 from sshpe.step import remap_labels, train_step
 from sshpe.teachers import decay_at, ema_update, make_teacher
@@ -94,16 +95,27 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def check_data(recipe: Recipe, manifest: dict, shards: Path) -> tuple[int, ...]:
-    """Recipe vs shards: splits exist, aspect ratio matches, the shards' joints map onto the model's channels (and
-    every evaluated joint has one). Returns that joint map (`sshpe.schema.joint_map`)."""
-    d = recipe.data
-    needed = [d.labeled_split, d.val_split] + ([d.unlabeled_split] if recipe.teacher.kind != "none" else [])
+    """Recipe vs shards: splits exist, batches fit in their splits, aspect ratio matches, the shards' joints map onto
+    the model's channels (and every evaluated joint has one). Returns that joint map (`sshpe.schema.joint_map`)."""
+    d, t = recipe.data, recipe.train
+    semi = recipe.teacher.kind != "none"
+    needed = [d.labeled_split, d.val_split] + ([d.unlabeled_split] if semi else [])
     missing = [s for s in needed if s not in manifest["splits"]]
     if missing:
         raise RecipeError(
             f"{shards}/manifest.json has no split(s) {missing} (has {sorted(manifest['splits'])}); "
             "re-run `sshpe shard` with those splits or change data.*_split"
         )
+    batches = [("train.batch_size", t.batch_size, d.labeled_split)]
+    if semi:
+        batches.append(("train.unlabeled_batch_size", t.unlabeled_batch_size or t.batch_size, d.unlabeled_split))
+    for field, size, split in batches:
+        count = manifest["splits"][split]["count"]
+        if size > count:
+            raise RecipeError(
+                f"{field}={size} is larger than split {split!r} of {shards} ({count} samples): every batch would "
+                "repeat samples; lower it or shard more data"
+            )
     aspect = d.input_size[1] / d.input_size[0]
     if abs(aspect - manifest["aspect"]) > 1e-6:
         raise RecipeError(
@@ -151,16 +163,23 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
     """Train a recipe into `run_dir`; returns the final evaluation stats.
 
     Args:
-        resume: True picks the latest complete checkpoint in run_dir (if any), a Path resumes from that
-            checkpoint, False starts fresh (refusing to overwrite a run folder that has checkpoints). A checkpoint
-            from another world size or engine resumes weights-only (`sshpe.checkpoint.plan_resume`).
+        resume: True picks the latest complete checkpoint in run_dir whose files load (if any), a Path resumes
+            from that checkpoint, False starts fresh (refusing to overwrite a run folder that has checkpoints). A
+            checkpoint from another world size or engine resumes weights-only (`sshpe.checkpoint.plan_resume`).
         init_from: when run_dir has no checkpoint yet, start from these weights (a checkpoint folder or its
             student.safetensors) with a fresh optimizer, continuing its step count.
+
+    Raises:
+        CheckpointError: another process is training into `run_dir` (`sshpe.run_lock`), or no checkpoint loads.
     """
-    # ------------------------------------------------------------------ set-up
     accelerator = build_accelerator(recipe)
+    with run_lock(Path(run_dir), accelerator):
+        return _fit(accelerator, recipe, Path(run_dir), resume, init_from)
+
+
+def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_from: Path | None) -> dict:
+    # ------------------------------------------------------------------ set-up
     rank, world = accelerator.process_index, accelerator.num_processes
-    run_dir = Path(run_dir)
     ckpt_root = run_dir / "checkpoints"
     shards = Path(recipe.data.shards)
     manifest = read_manifest(shards)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -17,9 +18,15 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sshpe.errors import quoted
 from sshpe.schema import BUILTIN_NAMES, KeypointSchema, SchemaFile, read_schema_file, resolve_schema
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ep|epochs?|st|steps?)\s*$")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]{0,127}$")
+MAX_RECIPE_BYTES = 1 << 20  # recipes are a few KiB
+MAX_YAML_DEPTH = 32  # recipes nest about 6 deep
+MAX_YAML_VALUES = 20_000  # values after expanding YAML aliases (a shipped recipe has a few hundred)
+MAX_LISTED_PROBLEMS = 50
 
 
 class RecipeError(ValueError):
@@ -27,7 +34,7 @@ class RecipeError(ValueError):
 
 
 class Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Duration = Annotated[
@@ -67,22 +74,35 @@ class DataCfg(Cfg):
         "unlabeled", description="manifest split used for unlabeled batches; null for supervised-only training"
     )
     val_split: str = Field("val", description="manifest split used for evaluation")
-    input_size: tuple[int, int] = Field((256, 192), description="model input (height, width) in pixels")
+    input_size: tuple[int, int] = Field(
+        (256, 192), description="model input (height, width) in pixels: positive multiples of 32, at most 2048"
+    )
     sigma: float = Field(2.0, gt=0, description="Gaussian target sigma in heatmap px (2 at 256x192, 3 at 384x288)")
     color: Literal["rgb", "bgr"] = Field(
         "rgb", description="channel order fed to the network; the reference code feeds BGR (reference §1.3.1)"
     )
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="normalisation mean (RGB order)")
-    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (RGB order)")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="normalisation std (RGB order), > 0")
     joint_weights: bool = Field(False, description="use the schema's per-joint loss weights (HRNet option)")
     easy: EasyAffineCfg = Field(default_factory=EasyAffineCfg, description="easy-view affine parameters")
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank (they only decode JPEGs)")
+    num_workers: int = Field(
+        2, ge=0, le=64, description="DataLoader worker processes per rank (they only decode JPEGs), at most 64"
+    )
 
     @field_validator("input_size")
     @classmethod
     def _stride4(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) <= 0 or max(v) > 2048:
+            raise ValueError(f"input_size {list(v)} must be positive and at most 2048 px")
         if v[0] % 32 or v[1] % 32:
             raise ValueError(f"input_size {list(v)} must be multiples of 32 (stride-32 backbones, stride-4 heatmaps)")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"std {list(v)} must be > 0 in every channel (images are divided by it)")
         return v
 
 
@@ -98,7 +118,9 @@ class ModelCfg(Cfg):
         "features_only backbone name for the SimpleBaseline head",
     )
     pretrained: bool = Field(False, description="initialise the backbone from timm ImageNet weights (needs network)")
-    head_channels: tuple[int, ...] = Field((256, 256, 256), description="SimpleBaseline deconv widths, one per 2x")
+    head_channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        (256, 256, 256), description="SimpleBaseline deconv widths, one per 2x (each 1..4096)"
+    )
     head_kernel: Literal[2, 3, 4] = Field(4, description="SimpleBaseline deconv kernel size")
     schema_name: Union[str, SchemaFile] = Field(
         "coco17",
@@ -109,7 +131,7 @@ class ModelCfg(Cfg):
     )
     channels_last: bool = Field(True, description="run convolutions in channels_last memory format")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @field_validator("schema_name", mode="before")
     @classmethod
@@ -219,8 +241,8 @@ class _SizedOp(Cfg):
 
 
 class _BoxOp(_SizedOp):
-    half_min: int | float = Field(10, gt=0, description="smallest box half-extent (in `unit`)")
-    half_max: int | float = Field(19, gt=0, description="largest box half-extent (in `unit`)")
+    half_min: int | float = Field(10, gt=0, le=1024, description="smallest box half-extent (in `unit`; px: 1..1024)")
+    half_max: int | float = Field(19, gt=0, le=1024, description="largest box half-extent (in `unit`; px: 1..1024)")
     _px_sizes: ClassVar[dict[str, float]] = {"half_min": 10, "half_max": 19}
 
     @model_validator(mode="after")
@@ -239,28 +261,28 @@ class JointCutoutOp(_JointBoxOp):
     """JC: zero boxes around `num` joints chosen with replacement (reference §2.3)."""
 
     kind: Literal["joint_cutout"]
-    num: int = Field(5, ge=1, description="joints masked per image")
+    num: int = Field(5, ge=1, le=100, description="joints masked per image (at most 100)")
 
 
 class JointCutOcclusionOp(_JointBoxOp):
     """JO: paste boxes cut around joints of another image onto joints of this one (reference §3.2)."""
 
     kind: Literal["joint_cut_occlusion"]
-    num: int = Field(2, ge=1, description="patches pasted per image")
+    num: int = Field(2, ge=1, le=100, description="patches pasted per image (at most 100)")
 
 
 class CutoutOp(_BoxOp):
     """CO: zero random boxes (reference §3.2)."""
 
     kind: Literal["cutout"]
-    holes: int = Field(5, ge=1, description="boxes per image")
+    holes: int = Field(5, ge=1, le=100, description="boxes per image (at most 100)")
 
 
 class CutmixOp(_BoxOp):
     """CM: fill random boxes with the same region of another image of the batch (reference §3.2)."""
 
     kind: Literal["cutmix"]
-    holes: int = Field(2, ge=1, description="boxes per image")
+    holes: int = Field(2, ge=1, le=100, description="boxes per image (at most 100)")
 
 
 class MixupOp(Cfg):
@@ -274,9 +296,9 @@ class RandAugmentOp(_SizedOp):
     """RandAugment on the device (reference §2.4): `n` photometric ops at magnitude `magnitude` of 30."""
 
     kind: Literal["randaugment"]
-    n: int = Field(2, ge=1, description="ops per image")
+    n: int = Field(2, ge=1, le=20, description="ops per image (at most 20; each is a pass over the batch)")
     magnitude: float = Field(20.0, ge=0, le=30, description="magnitude on the 0-30 scale")
-    cutout_max: float = Field(80.0, ge=0, description="side of CutoutAbs's square at magnitude 30 (in `unit`)")
+    cutout_max: float = Field(80.0, ge=0, le=1024, description="side of CutoutAbs's square at magnitude 30 (in `unit`)")
     _px_sizes: ClassVar[dict[str, float]] = {"cutout_max": 80}
 
 
@@ -298,8 +320,10 @@ class PoseMumCfg(Cfg):
 class MumCfg(Cfg):
     """MUM tile mixing of the hard view (reference §4, §5)."""
 
-    group: int = Field(4, ge=1, description="N_G: images per mixing group; must divide the unlabeled batch")
-    grid: tuple[int, int] = Field((4, 3), description="N_T,h x N_T,w tiles (4x3 gives 64x64 tiles at 256x192)")
+    group: int = Field(4, ge=1, le=1024, description="N_G: images per mixing group; must divide the unlabeled batch")
+    grid: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] = Field(
+        (4, 3), description="N_T,h x N_T,w tiles, each 1..64 (4x3 gives 64x64 tiles at 256x192)"
+    )
     unmix_after: str = Field("layer4", description="encoder stage after which features are unmixed")
     pose_mum: PoseMumCfg | None = Field(None, description="Pose-MUM extra stochastic mixing; null for plain MUM")
 
@@ -310,7 +334,9 @@ class AugmentCfg(Cfg):
         ((),), description="hard-view paths; each is a list of ops applied in order; `[[]]` = affine only"
     )
     path_weights: tuple[float, ...] | None = Field(None, description="loss weight per path (default 1 each)")
-    repeat: int = Field(1, ge=1, description="independent draws of every path (MultiAugs repeat mode)")
+    repeat: int = Field(
+        1, ge=1, le=16, description="independent draws of every path (MultiAugs repeat mode), at most 16"
+    )
     unsup_weight: float = Field(1.0, ge=0, description="weight of the unsupervised loss (reference: 1, no ramp)")
     mum: MumCfg | None = Field(None, description="MUM / Pose-MUM tile mixing of the hard views; null = off")
     reference_quirks: bool = Field(
@@ -348,13 +374,15 @@ class OptimCfg(Cfg):
 
 
 class TrainCfg(Cfg):
-    batch_size: int = Field(32, ge=1, description="labeled samples per device per step")
+    batch_size: int = Field(
+        32, ge=1, description="labeled samples per device per step (at most the labeled split's size, checked at start)"
+    )
     unlabeled_batch_size: int | None = Field(None, ge=1, description="unlabeled samples per device (default: equal)")
     duration: Duration = Field("30ep", description="training length")
     epoch_split: Literal["auto", "labeled", "unlabeled"] = Field(
         "auto", description="split whose size defines an epoch (auto: unlabeled when used, as the reference)"
     )
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step")
+    grad_accum: int = Field(1, ge=1, le=1024, description="gradient accumulation steps per optimizer step")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision for forwards")
     log_every: Duration = Field(20, description="period of metric logging")
     ckpt_every: Duration = Field("1ep", description="period of resumable checkpoints")
@@ -408,11 +436,18 @@ class DistributedCfg(Cfg):
             )
         if self.sync_bn == "on" and self.cpu:
             raise ValueError("sync_bn=on with cpu=true: SyncBatchNorm cannot run on CPU/gloo; use auto or off")
+        if self.engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            raise ValueError(
+                "engine=deepspeed but DeepSpeed is not installed here; pip install -e '.[deepspeed]' or use engine=ddp"
+            )
         return self
 
 
 class Recipe(Cfg):
-    name: str = Field(description="run name; the run folder is runs/<name> unless --out is given")
+    name: str = Field(
+        description="run name; the run folder is runs/<name> unless --out is given, so it is one folder name: "
+        "letters, digits and _ . + = @ -, not starting with '.' (at most 128 characters)"
+    )
     seed: int = Field(0, description="global seed; ranks and workers derive their own from it")
     data: DataCfg
     model: ModelCfg = Field(default_factory=ModelCfg)
@@ -422,6 +457,16 @@ class Recipe(Cfg):
     train: TrainCfg = Field(default_factory=TrainCfg)
     eval: EvalCfg = Field(default_factory=EvalCfg)
     distributed: DistributedCfg = Field(default_factory=DistributedCfg)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str) -> str:
+        if not _RUN_NAME.match(v):
+            raise ValueError(
+                "a run name must be one folder name inside runs/ (letters, digits, _ . + = @ -; no '/', no leading "
+                "'.'); pass --out to put the run folder elsewhere"
+            )
+        return v
 
     @model_validator(mode="after")
     def _cross_field(self) -> Recipe:
@@ -476,9 +521,11 @@ def apply_overrides(raw: dict, overrides: list[str], origin: str) -> dict:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to the raw dict before validation."""
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"{origin}: override {item!r} must look like `section.field=value`")
+            raise RecipeError(f"{origin}: --set {quoted(item)} must look like `section.field=value`")
         path, value = item.split("=", 1)
         keys = path.strip().split(".")
+        if not all(keys):
+            raise RecipeError(f"{origin}: --set {quoted(item)}: {quoted(path)} is not a field path like train.lr")
         node: Any = raw
         for i, key in enumerate(keys[:-1]):
             if isinstance(node, list) and key.isdigit() and int(key) < len(node):
@@ -486,16 +533,69 @@ def apply_overrides(raw: dict, overrides: list[str], origin: str) -> dict:
             elif isinstance(node, dict):
                 node = node.setdefault(key, {})
             else:
-                raise RecipeError(f"{origin}: override {item!r}: {'.'.join(keys[: i + 1])} is not a section")
+                raise RecipeError(f"{origin}: --set {quoted(item)}: {'.'.join(keys[: i + 1])} is not a section")
         last = keys[-1]
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value, f"{origin}: --set {quoted(item)}") if value.strip() else None
         if isinstance(node, list) and last.isdigit() and int(last) < len(node):
             node[int(last)] = parsed
         elif isinstance(node, dict):
             node[last] = parsed
         else:
-            raise RecipeError(f"{origin}: override {item!r}: {'.'.join(keys[:-1])} is not a section")
+            raise RecipeError(f"{origin}: --set {quoted(item)}: {'.'.join(keys[:-1])} is not a section")
     return raw
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader refusing, while composing and before anything is built, documents nested deeper than
+    MAX_YAML_DEPTH or whose aliases expand to more than MAX_YAML_VALUES values ("billion laughs")."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values under it with aliases expanded
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (a recipe needs about 6)", mark
+                )
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._sizes:
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            size = 1 + sum(self._sizes.get(id(c), 1) for c in children)
+            if size > MAX_YAML_VALUES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand to more than {MAX_YAML_VALUES} values (a YAML bomb?); write the "
+                    "values out", node.start_mark
+                )  # fmt: skip
+            self._sizes[id(node)] = size
+        return node
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML text with `_BoundedLoader`; any problem is one RecipeError line starting with `where`."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise RecipeError(f"{where}: not valid YAML{at}: {problem}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{where}: not valid YAML: {quoted(str(e), 200)}") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def _unwrap(ann: Any) -> list[Any]:
@@ -532,26 +632,27 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def _format_error(err: dict, origin: str) -> str:
     shown = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _TAGS or p.startswith("function-"))))
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in shown).lstrip(".") or "<top>"
+    where = where if len(where) <= 200 else quoted(where, 200)
     kind, msg, got, ctx = err["type"], err["msg"], err.get("input"), err.get("ctx", {})
     if kind == "extra_forbidden":
         owner = _model_at(err["loc"])
         names = sorted((f.alias or n) for n, f in owner.model_fields.items()) if owner else []
-        close = difflib.get_close_matches(str(shown[-1]), names, n=1)
+        close = difflib.get_close_matches(str(shown[-1])[:100], names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{origin}: {where}: unknown field" + (f"; allowed: {names}" if names else "") + hint
     if kind in ("literal_error", "union_tag_invalid"):
         expected = re.findall(r"'([^']+)'", ctx.get("expected", "") or ctx.get("expected_tags", ""))
         got = got if kind == "literal_error" else ctx.get("tag")
-        close = difflib.get_close_matches(str(got), expected, n=1)
+        close = difflib.get_close_matches(str(got)[:100], expected, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         field = where + (".kind" if kind == "union_tag_invalid" else "")
-        return f"{origin}: {field}: {got!r} is not one of {expected}{hint}"
+        return f"{origin}: {field}: {quoted(got)} is not one of {expected}{hint}"
     if kind == "union_tag_not_found":
         return f"{origin}: {where}: needs a `kind` field"
     if kind == "missing":
         return f"{origin}: {where}: required field is missing"
     msg = msg.removeprefix("Value error, ")
-    return f"{origin}: {msg}" if not shown else f"{origin}: {where}: {msg} (got {got!r})"
+    return f"{origin}: {msg}" if not shown else f"{origin}: {where}: {msg} (got {quoted(got)})"
 
 
 _TAGS = {"joint_cutout", "joint_cut_occlusion", "cutout", "cutmix", "mixup", "randaugment"} | {
@@ -566,8 +667,12 @@ def validate_recipe(raw: Any, origin: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        lines = [_format_error(err, origin) for err in e.errors(include_url=False)]
-        raise RecipeError("\n".join(dict.fromkeys(lines))) from None
+        lines = list(dict.fromkeys(_format_error(err, origin) for err in e.errors(include_url=False)))
+        if len(lines) > MAX_LISTED_PROBLEMS:
+            lines = lines[:MAX_LISTED_PROBLEMS] + [
+                f"{origin}: ... and {len(lines) - MAX_LISTED_PROBLEMS} more problems"
+            ]
+        raise RecipeError("\n".join(lines)) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -578,10 +683,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {path.stat().st_size} bytes is too large for a recipe (at most 1 MiB)")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); save the recipe as UTF-8"
+        ) from None
+    raw = parse_yaml(text, str(path)) or {}
     if overrides:
         raw = apply_overrides(raw, list(overrides), str(path))
     return validate_recipe(raw, str(path))

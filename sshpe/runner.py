@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from sshpe import geometry
-from sshpe.checkpoint import latest_checkpoint, load_teacher_weights, load_weights
+from sshpe.checkpoint import load_teacher_weights, load_weights, loadable_checkpoint, verify_checkpoint
 from sshpe.codec import decode_heatmaps
 from sshpe.export import export_model, load_exported
 from sshpe.predict import predict_heatmaps
@@ -31,12 +32,20 @@ def _run_recipe(run: Path, recipe: Path | None, overrides: list[str]) -> Recipe:
 
 
 def load_run_nets(run: Path, recipe: Recipe, checkpoint: Path | None = None):
-    """Rebuild the student container (and EMA teacher) from a run's latest complete checkpoint."""
+    """Rebuild the student container (and EMA teacher) from a checkpoint that loads: `checkpoint` (verified), or
+    the run's newest complete one whose files load (newer damaged ones are skipped with a warning on stderr)."""
     from sshpe.nets import build_nets
 
-    ckpt = checkpoint or latest_checkpoint(run / "checkpoints")
+    if checkpoint is not None:
+        verify_checkpoint(Path(checkpoint))  # refuses a folder without COMPLETE or with a damaged file
+        ckpt = Path(checkpoint)
+    else:
+        ckpt, warnings = loadable_checkpoint(run / "checkpoints")
+        for w in warnings:
+            print(w, file=sys.stderr)
     if ckpt is None:
-        raise FileNotFoundError(f"{run}/checkpoints has no complete checkpoint; train first or pass --checkpoint")
+        raise FileNotFoundError(f"{run}/checkpoints has no complete checkpoint that loads; train first or pass "
+                                "--checkpoint")  # fmt: skip
     nets = build_nets(recipe)
     load_weights(Path(ckpt), nets)
     teacher = build_nets(recipe)

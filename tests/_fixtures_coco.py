@@ -13,9 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sshpe import geometry
 from sshpe.data.coco import load_instances
-from sshpe.data.shard_writer import write_manifest, write_shards
+from sshpe.data.shard_folder import write_shard_folder
 from sshpe.schema import COCO17
 
 INPUT_HW = (64, 48)
@@ -111,12 +110,11 @@ def make_coco(root: Path, n_filler: int = 4, seed: int = 0) -> CocoFixture:
     return CocoFixture(root, images_dir, ann_file, info_file, det_file, valid, det_boxes)
 
 
-def shard_fixture(fx: CocoFixture, out_dir: Path, *, shard_size: int, split: str = "train") -> dict:
-    """Load the labeled instances, write them as one split and a manifest; returns the split entry."""
+def shard_fixture(fx: CocoFixture, out_dir: Path, *, shard_size: int, split: str = "train", workers: int = 0) -> dict:
+    """Load the labeled instances and add them to `out_dir` as one split (other splits kept); returns its entry."""
     inst = load_instances(fx.ann_file, fx.images_dir, kind="labeled", aspect=INPUT_HW[1] / INPUT_HW[0], num_joints=K)
-    entry = write_shards(inst, out_dir, dataset="toy", split=split, input_hw=INPUT_HW, shard_size=shard_size,
-                         progress=False)  # fmt: skip
     sources = {"val_annotations": fx.ann_file} if split == "val" else {"train_annotations": fx.ann_file}
-    write_manifest(out_dir, dataset="toy", schema=COCO17, input_hw=INPUT_HW, canvas=geometry.canvas_side(INPUT_HW),
-                   splits={split: entry}, sources=sources)  # fmt: skip
-    return entry
+    result = write_shard_folder(out_dir, {split: (inst, {})}, dataset="toy", schema=COCO17, input_hw=INPUT_HW,
+                                sources=sources, keep_other_splits=True, shard_size=shard_size, workers=workers,
+                                progress=False)  # fmt: skip
+    return result.splits[split]

@@ -211,7 +211,7 @@ def test_synthetic_mpii_and_aic_use_the_generators_extra_joints_when_present(tmp
 
 
 def test_synthetic_mpii_uses_a_real_synth_datasets_extra_joints(synth_root, tmp_path):
-    """`sshpe synth` writes the joints MPII needs and the head boxes: the MPII layout carries them unchanged (1-based)."""
+    """`sshpe synth` writes the joints MPII needs and the head boxes; the MPII layout carries them (1-based)."""
     summary = write_mpii(synth_root, tmp_path / "mpii")
     coco = json.loads((synth_root / "annotations" / "person_keypoints_val.json").read_text())
     entries = json.loads((tmp_path / "mpii" / "annot" / "valid.json").read_text())

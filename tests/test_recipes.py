@@ -90,7 +90,7 @@ def test_overrides_are_validated_like_the_file(tmp_path):
         load_recipe(path, ["train.batch_size=abc"])
     with pytest.raises(RecipeError, match="must look like `section.field=value`"):
         load_recipe(path, ["train.batch_size"])
-    with pytest.raises(RecipeError, match="override .name.x=1.: name is not a section"):
+    with pytest.raises(RecipeError, match="--set .name.x=1.: name is not a section"):
         load_recipe(path, ["name.x=1"])
 
 

@@ -14,7 +14,8 @@ from _fixtures_coco import INPUT_HW, CocoFixture, K, make_coco, shard_fixture
 
 from sshpe import geometry
 from sshpe.data.coco import load_instances
-from sshpe.data.shard_writer import read_manifest, write_manifest, write_shards
+from sshpe.data.shard_folder import write_shard_folder
+from sshpe.data.shard_writer import InvalidImage, manifest_dict, read_manifest, write_split
 from sshpe.data.streams import ValDataset, index_shard, read_sample
 from sshpe.schema import COCO17
 
@@ -170,18 +171,20 @@ def test_write_read_round_trip_preserves_records(fx, tmp_path):
 
 def test_writes_are_reproducible_with_and_without_workers(fx, tmp_path):
     inst = _load(fx, kind="unlabeled")
-    kw = dict(dataset="toy", split="unlabeled", input_hw=INPUT_HW, shard_size=4, progress=False)
-    a = write_shards(inst, tmp_path / "a", **kw)
-    b = write_shards(inst, tmp_path / "b", workers=2, **kw)
-    again = write_shards(inst, tmp_path / "a", **kw)
-    assert a == b == again and len(a["shards"]) == 3
+    kw = dict(dataset="toy", schema=COCO17, input_hw=INPUT_HW, sources={}, shard_size=4, progress=False)
+    a = write_shard_folder(tmp_path / "a", {"unlabeled": (inst, {})}, **kw)
+    b = write_shard_folder(tmp_path / "b", {"unlabeled": (inst, {})}, workers=2, **kw)
+    again = write_shard_folder(tmp_path / "a", {"unlabeled": (inst, {})}, **kw)
+    assert a.splits == b.splits == again.splits and len(a.splits["unlabeled"]["shards"]) == 3
     assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no staging folder left behind
 
 
 def test_detection_keys_use_a_running_index_per_image(fx, tmp_path):
     inst = load_instances(fx.info_file, fx.images_dir, kind="unlabeled", aspect=ASPECT, num_joints=K,
                           det_file=fx.det_file)  # fmt: skip
-    entry = write_shards(inst, tmp_path, dataset="toy", split="wild", input_hw=INPUT_HW, progress=False)
+    entry = write_split(inst, tmp_path, dataset="toy", split="wild", canvas=geometry.canvas_side(INPUT_HW),
+                        progress=False)  # fmt: skip
     locs = index_shard(tmp_path / entry["shards"][0]["name"])
     assert [loc.key for loc in locs] == ["toy_000000000003_000000000000", "toy_000000000001_000000000000",
                                          "toy_000000000001_000000000001"]  # fmt: skip
@@ -199,17 +202,20 @@ def _break_last_image(fx: CocoFixture, inst, how: str, tmp_path: Path):
     return inst[:-1] + [replace(inst[-1], image_path=bad)], bad
 
 
-@pytest.mark.parametrize("how, workers, error", [("missing", 0, FileNotFoundError), ("corrupt", 2, ValueError)])
-def test_failed_write_leaves_directory_untouched(fx, tmp_path, how, workers, error):
+@pytest.mark.parametrize("how, workers", [("missing", 0), ("corrupt", 2)])
+def test_failed_write_leaves_directory_untouched(fx, tmp_path, how, workers):
     out = tmp_path / "shards"
     shard_fixture(fx, out, shard_size=3)
     before = _snapshot(out)
     inst, bad = _break_last_image(fx, _load(fx), how, tmp_path)
-    with pytest.raises(error) as info:
-        write_shards(inst, out, dataset="toy", split="train", input_hw=INPUT_HW, shard_size=3, workers=workers,
-                     progress=False)  # fmt: skip
+    with pytest.raises(InvalidImage) as info:
+        write_shard_folder(out, {"train": (inst, {})}, dataset="toy", schema=COCO17, input_hw=INPUT_HW, sources={},
+                           shard_size=3, workers=workers, progress=False)  # fmt: skip
     assert str(bad) in str(info.value) and f"annotation id {inst[-1].ann_id}" in str(info.value)
-    assert _snapshot(out) == before  # no temp files, old tars and manifest unchanged
+    assert "--skip-invalid" in str(info.value)
+    assert _snapshot(out) == before  # old tars and manifest unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["shards", bad.name] if how == "corrupt" else
+                                                                 ["shards"])  # no staging folder left  # fmt: skip
 
 
 def test_manifest_merges_splits_and_guards_mismatches(fx, tmp_path):
@@ -218,11 +224,12 @@ def test_manifest_merges_splits_and_guards_mismatches(fx, tmp_path):
     manifest = read_manifest(tmp_path)
     assert sorted(manifest["splits"]) == ["train", "val"]
     assert sorted(manifest["sources"]) == ["train_annotations", "val_annotations"]
-    with pytest.raises(ValueError, match="canvas_side"):
-        write_shards(_load(fx), tmp_path, dataset="toy", split="x", input_hw=INPUT_HW, canvas=64, progress=False)
+    with pytest.raises(ValueError, match="input_size"):
+        write_shard_folder(tmp_path, {"x": (_load(fx), {})}, dataset="toy", schema=COCO17, input_hw=(96, 64),
+                           sources={}, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="val_annotations"):
-        write_manifest(tmp_path / "other", dataset="toy", schema=COCO17, input_hw=INPUT_HW, canvas=64,
-                       splits={"val": {"count": 0, "shards": []}}, sources={})  # fmt: skip
+        manifest_dict(dataset="toy", schema=COCO17, input_hw=INPUT_HW, canvas=64, sources={},
+                      splits={"val": manifest["splits"]["val"]})  # fmt: skip
     with pytest.raises(FileNotFoundError, match="run `sshpe shard` first"):
         read_manifest(tmp_path / "other")
 

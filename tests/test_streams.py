@@ -12,6 +12,7 @@ from _fixtures_coco import INPUT_HW, K, make_coco, shard_fixture
 
 from sshpe import geometry
 from sshpe.data.streams import (
+    ShardError,
     TrainStream,
     ValDataset,
     collate,
@@ -19,6 +20,7 @@ from sshpe.data.streams import (
     make_train_loader,
     make_val_loader,
     partition_units,
+    read_sample,
 )
 
 N = 12  # valid instances in the fixture
@@ -139,7 +141,7 @@ def test_reader_errors_name_the_file(shard_dirs, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(FileNotFoundError, match="toy-val-000000.tar"):
+    with pytest.raises(ShardError, match="toy-val-000000.tar listed in the manifest is missing"):
         ValDataset(broken, "val")
 
     for s in manifest["splits"]["val"]["shards"]:
@@ -150,6 +152,10 @@ def test_reader_errors_name_the_file(shard_dirs, tmp_path):
     data[loc.jpg[0] : loc.jpg[0] + loc.jpg[1]] = b"\0" * loc.jpg[1]  # same size: the tar stays readable
     shard.write_bytes(bytes(data))
     ds = ValDataset(broken, "val")
-    with pytest.raises(ValueError) as info:
-        ds[5 + 2]
-    assert str(shard) in str(info.value) and loc.key in str(info.value)
+    assert ds[0]["record"]["split"] == "val"  # the untouched first shard reads fine
+    with pytest.raises(ShardError, match="sha256 differs") as info:
+        ds[5 + 2]  # the manifest's checksum catches the damage at the shard's first read
+    assert str(shard) in str(info.value)
+    with pytest.raises(ShardError) as info:
+        read_sample(shard, loc)  # below the checksum, the decoder names the sample
+    assert str(shard) in str(info.value) and loc.key in str(info.value) and "JPEG does not decode" in str(info.value)

@@ -7,20 +7,40 @@ person box, in the reference's order. Nothing here reads pixels; `shard_writer` 
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from sshpe import geometry
+from sshpe.errors import quoted
 
 InstanceKind = Literal["labeled", "unlabeled", "val"]
 PERSON_CATEGORY = 1
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
 _ANN_KEYS = ("id", "image_id", "category_id", "bbox", "iscrowd", "area")
 _DET_KEYS = ("image_id", "category_id", "bbox", "score")
+_MAX_LISTED = 10  # invalid annotations listed in one error (the count says how many more)
+
+
+class Invalid(NamedTuple):
+    """Why one annotation or image cannot become a sample.
+
+    Attributes:
+        reason: a short key counted in the manifest's `skipped` (`non_finite_keypoints`, `bad_visibility`,
+            `bad_box`, `bad_area`, `bad_score`, `missing_image`, `truncated_image`, `undecodable_image`).
+        message: what is wrong, naming the annotation (and file).
+    """
+
+    reason: str
+    message: str
+
+
+class InvalidAnnotations(ValueError):
+    """Annotations that cannot become samples; the message lists them and suggests `--skip-invalid`."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +123,10 @@ def read_json(path: Path, what: str) -> object:
     try:
         with path.open("r", encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is not valid JSON ({err}); re-download or regenerate it") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {path} is not valid JSON ({err}); re-download or regenerate it") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} nests too deeply to be COCO-format JSON; regenerate it") from None
 
 
 def _require(entry: object, keys: tuple[str, ...], path: Path, where: str) -> dict:
@@ -121,25 +143,83 @@ def _load_images(data: object, ann_file: Path) -> list[dict]:
     """The `images` array of a COCO file, validated."""
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{ann_file}: no 'images' key; expected a COCO-format annotation or image-info file")
-    return [_require(img, _IMAGE_KEYS, ann_file, f"images[{i}]") for i, img in enumerate(data["images"])]
+    if not isinstance(data["images"], list):
+        raise ValueError(f"{ann_file}: 'images' is a {type(data['images']).__name__}, expected a list")
+    images = [_require(img, _IMAGE_KEYS, ann_file, f"images[{i}]") for i, img in enumerate(data["images"])]
+    for i, img in enumerate(images):
+        w, h = img["width"], img["height"]
+        if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
+            raise ValueError(f"{ann_file}: images[{i}] has width {quoted(w)}, height {quoted(h)}; expected positive "
+                             "integers (px)")  # fmt: skip
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise ValueError(f"{ann_file}: images[{i}] has file_name {quoted(img['file_name'])}; expected a path")
+    return images
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _box(entry: dict, path: Path, where: str) -> tuple[float, float, float, float]:
     """The entry's `bbox` as four floats (x, y, w, h); the error names the entry."""
     box = entry["bbox"]
-    if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
-        raise ValueError(f"{path}: {where} has bbox {box!r}; expected [x, y, w, h] numbers in image px")
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+        raise ValueError(f"{path}: {where} has bbox {quoted(box)}; expected [x, y, w, h] numbers in image px")
     return (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
 
 
-def _check_keypoints(kpts: list, num_joints: int, path: Path, where: str) -> np.ndarray:
+def _check_keypoints(kpts: object, num_joints: int, path: Path, where: str) -> np.ndarray:
     """COCO flat keypoint list -> (K, 3) float64; the error names the entry and both lengths."""
+    if not isinstance(kpts, list) or not all(_is_number(v) for v in kpts):
+        raise ValueError(f"{path}: {where} has keypoints {quoted(kpts)}; expected a flat list of numbers")
     if len(kpts) != 3 * num_joints:
         raise ValueError(
             f"{path}: {where} has {len(kpts)} keypoint values, expected 3 * num_joints = {3 * num_joints}; "
             "pick the keypoint schema that matches this dataset"
         )
     return np.asarray(kpts, dtype=np.float64).reshape(num_joints, 3)
+
+
+def _gt_problem(kpts: np.ndarray, box: tuple[float, ...], area: object, what: str) -> Invalid | None:
+    """What makes a person annotation unusable (beyond the reference's silent filters), or None."""
+    bad = np.flatnonzero(~np.isfinite(kpts).all(axis=1))
+    if bad.size:
+        row = kpts[bad[0]].tolist()
+        return Invalid("non_finite_keypoints", f"{what}: keypoint {int(bad[0])} is {row} (not finite)")
+    vis = np.flatnonzero(~np.isin(kpts[:, 2], (0.0, 1.0, 2.0)))
+    if vis.size:
+        return Invalid("bad_visibility", f"{what}: keypoint {int(vis[0])} has visibility {kpts[vis[0], 2]:g}, "
+                                         "expected 0, 1 or 2")  # fmt: skip
+    if not all(math.isfinite(v) for v in box):
+        return Invalid("bad_box", f"{what}: bbox {list(box)} is not finite")
+    if box[2] < 0 or box[3] < 0:
+        return Invalid("bad_box", f"{what}: bbox {list(box)} has a negative width or height")
+    if not _is_number(area) or not math.isfinite(area):
+        return Invalid("bad_area", f"{what}: area {quoted(area)} is not a finite number")
+    return None
+
+
+def _collect(problem: Invalid, problems: list[Invalid], skipped: dict[str, int] | None) -> None:
+    """Count a skipped problem (`skipped` given) or keep it for the error raised at the end."""
+    if skipped is not None:
+        skipped[problem.reason] = skipped.get(problem.reason, 0) + 1
+    else:
+        problems.append(problem)
+
+
+def _raise_problems(problems: list[Invalid], path: Path) -> None:
+    if not problems:
+        return
+    shown = [f"  {p.message}" for p in problems[:_MAX_LISTED]]
+    more = [f"  ... and {len(problems) - _MAX_LISTED} more"] if len(problems) > _MAX_LISTED else []
+    raise InvalidAnnotations(
+        "\n".join([f"{path}: {len(problems)} invalid annotation(s); fix them, or pass --skip-invalid to skip them "
+                   "(the manifest counts what was skipped):", *shown, *more])
+    )  # fmt: skip
 
 
 def _gt_instances(
@@ -150,48 +230,80 @@ def _gt_instances(
     kind: InstanceKind,
     aspect: float,
     num_joints: int,
+    limit: int | None,
+    skipped: dict[str, int] | None,
 ) -> list[Instance]:
-    """Instances from GT boxes in the order of the `images` array (reference §1.2)."""
+    """Instances from GT boxes in the order of the `images` array (reference §1.2), up to `limit`."""
     if "annotations" not in data:
         raise ValueError(f"{ann_file}: no 'annotations' key; pass a keypoint annotation file or a det_file")
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"{ann_file}: 'annotations' is a {type(data['annotations']).__name__}, expected a list")
     by_image: dict[int, list[tuple[int, dict]]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
         ann = _require(ann, _ANN_KEYS, ann_file, f"annotations[{i}]")
         by_image[ann["image_id"]].append((i, ann))
-    out = []
+    out: list[Instance] = []
+    problems: list[Invalid] = []
     for img in images:
         w_img, h_img = int(img["width"]), int(img["height"])
         for i, ann in by_image[img["id"]]:
+            if limit is not None and len(out) >= limit:
+                break
             if ann["iscrowd"] or ann["category_id"] != PERSON_CATEGORY:
                 continue
             _require(ann, ("keypoints",), ann_file, f"annotations[{i}] (a person)")
             kpts = _check_keypoints(ann["keypoints"], num_joints, ann_file, f"annotations[{i}]")
+            raw_box = _box(ann, ann_file, f"annotations[{i}]")
+            what = f"annotation id {quoted(ann['id'])} (image id {quoted(img['id'])}, {img['file_name']})"
+            problem = _gt_problem(kpts, raw_box, ann["area"], what)
+            if problem is not None:
+                _collect(problem, problems, skipped)
+                continue
             if kpts.max() <= 0:
                 continue
-            box = geometry.clean_box(_box(ann, ann_file, f"annotations[{i}]"), w_img, h_img)
+            box = geometry.clean_box(raw_box, w_img, h_img)
             if box is None or float(ann["area"]) <= 0:  # the reference also requires the annotated area > 0
+                continue
+            if box[2] <= 0 and box[3] <= 0:  # at most 1x1 px: no crop exists (zero scale)
+                _collect(Invalid("bad_box", f"{what}: bbox {list(raw_box)} is at most 1x1 px"), problems, skipped)
                 continue
             hidden = None
             if kind == "unlabeled":
                 kpts, hidden = np.zeros_like(kpts), kpts
             inst = _make_instance(img, images_dir, int(ann["id"]), box, 1.0, kpts, float(ann["area"]), aspect)
-            out.append(replace(inst, hidden_keypoints=hidden, raw_bbox=_box(ann, ann_file, f"annotations[{i}]")))
+            out.append(replace(inst, hidden_keypoints=hidden, raw_bbox=raw_box))
+    _raise_problems(problems, ann_file)
     return out
 
 
 def _det_instances(
-    images: list[dict], det_file: Path, images_dir: Path, aspect: float, num_joints: int
+    images: list[dict],
+    det_file: Path,
+    images_dir: Path,
+    aspect: float,
+    num_joints: int,
+    skipped: dict[str, int] | None,
 ) -> list[Instance]:
     """Instances from person detection boxes (raw, uncleaned, every score kept), in `images` order."""
     dets = read_json(det_file, "detection file")
     if not isinstance(dets, list):
         raise ValueError(f"{det_file}: expected a COCO detection results list [{{image_id, bbox, score, ...}}]")
     by_image: dict[int, list[tuple[tuple[float, float, float, float], dict]]] = defaultdict(list)
+    problems: list[Invalid] = []
     for i, det in enumerate(dets):
         det = _require(det, _DET_KEYS, det_file, f"entry [{i}]")
         box = _box(det, det_file, f"entry [{i}]")
-        if det["category_id"] == PERSON_CATEGORY and box[2] > 0 and box[3] > 0:  # an empty box has no crop
+        if det["category_id"] != PERSON_CATEGORY:
+            continue
+        what = f"detection [{i}] (image id {quoted(det['image_id'])})"
+        if not all(math.isfinite(v) for v in box):
+            _collect(Invalid("bad_box", f"{what}: bbox {list(box)} is not finite"), problems, skipped)
+        elif not _is_number(det["score"]) or not math.isfinite(det["score"]):
+            _collect(Invalid("bad_score", f"{what}: score {quoted(det['score'])} is not a finite number"), problems,
+                     skipped)  # fmt: skip
+        elif box[2] > 0 and box[3] > 0:  # an empty box has no crop
             by_image[det["image_id"]].append((box, det))
+    _raise_problems(problems, det_file)
     out = []
     zeros = np.zeros((num_joints, 3), dtype=np.float64)
     for img in images:
@@ -236,6 +348,7 @@ def load_instances(
     num_joints: int,
     limit: int | None = None,
     det_file: Path | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> list[Instance]:
     """Person instances of a COCO-format split, in the reference's order.
 
@@ -253,27 +366,30 @@ def load_instances(
         num_joints: K; every annotation must have 3 * K keypoint values.
         limit: keep only the first `limit` instances (the reference's labeled subsets `db[:TRAIN_LEN]`).
         det_file: COCO detection results JSON (list of {image_id, category_id, bbox, score}).
+        skipped: None (strict): invalid annotations (non-finite keypoints or boxes, visibilities outside
+            {0, 1, 2}, negative or 1x1-px boxes, non-finite areas or scores) raise `InvalidAnnotations` listing
+            them. A dict: they are skipped and counted in it by `Invalid.reason` (only those met before `limit`).
 
     Returns:
         The instances; never empty.
 
     Raises:
         FileNotFoundError: a file is missing.
+        InvalidAnnotations: invalid annotations (strict mode).
         ValueError: invalid JSON, missing keys, wrong keypoint length, or no valid instance.
     """
     if kind not in ("labeled", "unlabeled", "val"):
         raise ValueError(f"kind must be 'labeled', 'unlabeled' or 'val', got {kind!r}")
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive or None, got {limit}")
     ann_file = Path(ann_file)
     data = read_json(ann_file, "annotation file")
     images = _load_images(data, ann_file)
     if det_file is not None:
-        instances = _det_instances(images, Path(det_file), Path(images_dir), aspect, num_joints)
+        instances = _det_instances(images, Path(det_file), Path(images_dir), aspect, num_joints, skipped)
+        instances = instances[:limit] if limit is not None else instances
     else:
-        instances = _gt_instances(data, images, ann_file, Path(images_dir), kind, aspect, num_joints)
-    if limit is not None:
-        if limit <= 0:
-            raise ValueError(f"limit must be positive or None, got {limit}")
-        instances = instances[:limit]
+        instances = _gt_instances(data, images, ann_file, Path(images_dir), kind, aspect, num_joints, limit, skipped)
     if not instances:
         source = f"{det_file} for the images of {ann_file}" if det_file is not None else str(ann_file)
         raise ValueError(

@@ -16,8 +16,7 @@ from typing import Literal
 from sshpe.data.aic import load_aic
 from sshpe.data.coco import Instance, InstanceKind, load_instances, read_json
 from sshpe.data.mpii import load_mpii, read_pckh_gt
-from sshpe.data.shard_writer import write_manifest, write_shards
-from sshpe.geometry import canvas_side
+from sshpe.data.shard_folder import FolderResult, write_shard_folder
 from sshpe.schema import KeypointSchema, get_schema, schema_from_coco_category
 
 DatasetFormat = Literal["coco", "mpii", "aic"]
@@ -103,10 +102,16 @@ def load_split(
     aspect: float,
     num_joints: int,
     limit: int | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> list[Instance]:
-    """GT-box instances of a source's train or val annotations, read by the source's format."""
+    """GT-box instances of a source's train or val annotations, read by the source's format. `skipped` (COCO format):
+    skip invalid annotations and count them by reason instead of failing (`load_instances`)."""
     ann, images = (src.train_ann, src.train_images) if which == "train" else (src.val_ann, src.val_images)
-    reader = {"coco": load_instances, "mpii": load_mpii, "aic": load_aic}[src.format]
+    if src.format == "coco":
+        return load_instances(
+            ann, images, kind=kind, aspect=aspect, num_joints=num_joints, limit=limit, skipped=skipped
+        )
+    reader = {"mpii": load_mpii, "aic": load_aic}[src.format]
     return reader(ann, images, kind=kind, aspect=aspect, num_joints=num_joints, limit=limit)
 
 
@@ -121,9 +126,12 @@ def shard_dataset(
     unlabeled: bool = True,
     shard_size: int = 1000,
     workers: int = 0,
+    skip_invalid: bool = False,
     progress: bool = True,
-) -> dict:
-    """Write labeled / unlabeled / val (/ val_det) shards and the manifest; returns the manifest's split entries.
+) -> FolderResult:
+    """Write labeled / unlabeled / val (/ val_det) shards and the manifest as one transaction: afterwards `out_dir`
+    holds exactly these splits (splits of an earlier run that this one does not write are removed, and listed in
+    the result), or, on any failure, exactly what it held before.
 
     Args:
         schema: keypoint schema of the labels: a built-in name, a schema file, or None for the source's default
@@ -132,31 +140,40 @@ def shard_dataset(
         unlabeled: write the unlabeled split: every train instance with labels dropped (reference protocol, the
             labeled ones included), the detection boxes of `src.unlabeled_dets` when given (COCO-wild), or the train
             boxes of `src.unlabeled_source` (another dataset, e.g. AIC for MPII) with labels dropped.
+        skip_invalid: skip invalid annotations and unusable images (counted per split and reason in the manifest)
+            instead of failing with a list of them (COCO-format annotations; every format's images).
     """
     if schema is None:
         schema = default_schema(src)
     elif not isinstance(schema, KeypointSchema):
         schema = get_schema(schema)
-    aspect = input_hw[1] / input_hw[0]
-    common = dict(aspect=aspect, num_joints=schema.num_joints)
-    plans: list[tuple[str, list]] = [("labeled", load_split(src, "train", kind="labeled", limit=labeled, **common))]
+    common = dict(aspect=input_hw[1] / input_hw[0], num_joints=schema.num_joints)
+
+    def load(source: SourceFiles, which: Literal["train", "val"], kind: InstanceKind, **kw) -> tuple[list, dict]:
+        skipped: dict[str, int] | None = {} if skip_invalid else None
+        return load_split(source, which, kind=kind, skipped=skipped, **common, **kw), skipped or {}
+
+    def load_dets(ann: Path, images: Path, kind: InstanceKind, dets: Path) -> tuple[list, dict]:
+        skipped: dict[str, int] | None = {} if skip_invalid else None
+        return load_instances(ann, images, kind=kind, det_file=dets, skipped=skipped, **common), skipped or {}
+
+    plans = {"labeled": load(src, "train", "labeled", limit=labeled)}
     sources = {"train_annotations": src.train_ann}
     if unlabeled:
         if src.unlabeled_source is not None:
             other = src.unlabeled_source
-            plans.append(("unlabeled", load_split(other, "train", kind="unlabeled", **common)))
+            plans["unlabeled"] = load(other, "train", "unlabeled")
             sources["unlabeled_annotations"] = other.train_ann
         elif src.unlabeled_dets is not None:
             info = src.unlabeled_info or src.train_ann
             images = src.unlabeled_images or src.train_images
-            insts = load_instances(info, images, kind="unlabeled", det_file=src.unlabeled_dets, **common)
-            plans.append(("unlabeled", insts))
+            plans["unlabeled"] = load_dets(info, images, "unlabeled", src.unlabeled_dets)
             sources["unlabeled_detections"] = src.unlabeled_dets
         else:
-            plans.append(("unlabeled", load_split(src, "train", kind="unlabeled", **common)))
+            plans["unlabeled"] = load(src, "train", "unlabeled")
     if src.val_ann is not None:
-        val = load_split(src, "val", kind="val", **common)
-        plans.append(("val", val))
+        plans["val"] = load(src, "val", "val")
+        val = plans["val"][0]
         sources["val_annotations"] = src.val_ann
         if src.val_pckh is not None:
             n_gt = len(read_pckh_gt(src.val_pckh, schema.num_joints)["pos"])
@@ -167,21 +184,12 @@ def shard_dataset(
                 )
             sources["val_pckh"] = src.val_pckh
         if src.val_dets is not None:
-            dets = load_instances(src.val_ann, src.val_images, kind="val", det_file=src.val_dets, **common)
-            plans.append(("val_det", dets))
+            plans["val_det"] = load_dets(src.val_ann, src.val_images, "val", src.val_dets)
             sources["val_detections"] = src.val_dets
-
-    side = canvas_side(input_hw)
-    splits = {}
-    for split, insts in plans:
-        splits[split] = write_shards(
-            insts, out_dir, dataset=dataset, split=split, input_hw=input_hw, canvas=side,
-            shard_size=shard_size, workers=workers, progress=progress,
-        )  # fmt: skip
-    write_manifest(
-        out_dir, dataset=dataset, schema=schema, input_hw=input_hw, canvas=side, splits=splits, sources=sources
-    )
-    return splits
+    return write_shard_folder(
+        out_dir, plans, dataset=dataset, schema=schema, input_hw=input_hw, sources=sources, shard_size=shard_size,
+        workers=workers, skip_invalid=skip_invalid, progress=progress,
+    )  # fmt: skip
 
 
 def with_overrides(src: SourceFiles, **paths: Path | None) -> SourceFiles:

@@ -1,18 +1,14 @@
 """WebDataset shards of person canvases and their manifest (DESIGN decision 1; layout in shards/README.md).
 
-Owns the on-disk format: sample keys, the JSON record, shard naming, atomic and byte-reproducible writes, and
-`manifest.json`.
+Owns the on-disk format: sample keys, the JSON record, shard naming, byte-reproducible tars and `manifest.json`.
+Whole folders are written as one transaction by `sshpe.data.shard_folder`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -22,14 +18,19 @@ from rich.text import Text
 from webdataset import TarWriter
 
 from sshpe import geometry
-from sshpe.data.coco import Instance
+from sshpe.data.coco import Instance, Invalid
+from sshpe.data.shard_format import MANIFEST_FORMAT, ShardFormatError, validate_manifest
+from sshpe.parallel import ordered_map
 from sshpe.schema import KeypointSchema
 
-MANIFEST_FORMAT = "sshpe-shards/1"
 MANIFEST_NAME = "manifest.json"
 MAX_SCALE, MIN_SCALE, PADDING = 1.25, 0.75, 1.25
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
-_TMP_SUFFIX = ".partial"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class InvalidImage(ValueError):
+    """An image that cannot become a canvas (missing, truncated, undecodable); the message names it."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -37,21 +38,38 @@ _TMP_SUFFIX = ".partial"
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _render_canvas(job: tuple[str, str, np.ndarray, int, int]) -> bytes:
+def _truncation(data: bytes) -> str | None:
+    """Why an encoded image ends early, or None: a JPEG whose last scan has no end-of-image marker after it (what
+    libjpeg only warns about as "Premature end of JPEG file"), or a PNG without its IEND chunk."""
+    if data[:2] == b"\xff\xd8":
+        if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):  # 0xFF is byte-stuffed inside scans
+            return "truncated: the JPEG ends before its end-of-image marker"
+    elif data[:8] == _PNG_MAGIC and b"IEND" not in data[-16:]:
+        return "truncated: the PNG has no IEND chunk"
+    return None
+
+
+def _render_canvas(job: tuple[str, str, np.ndarray, int, int]) -> bytes | Invalid:
     """Read one image, warp its canvas and JPEG-encode it (runs in pool workers).
 
     Args:
         job: (image path, what to call the box in errors, (2, 3) `img_to_canvas`, canvas side px, JPEG quality).
 
     Returns:
-        A standard (colour-correct) JPEG of the (side, side) canvas.
+        A standard (colour-correct) JPEG of the (side, side) canvas, or why the image cannot be used.
     """
     path, label, img_to_canvas, side, quality = job
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path} ({label}) does not exist; check images_dir and the file_name")
-    img_bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        data = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return Invalid("missing_image", f"image {path} ({label}) does not exist; check images_dir and the file_name")
+    problem = _truncation(data)
+    if problem is not None:
+        return Invalid("truncated_image", f"image {path} ({label}) is {problem}; replace the file or drop the image")
+    img_bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img_bgr is None:
-        raise ValueError(f"image {path} ({label}) could not be decoded; replace the file or drop the image")
+        return Invalid("undecodable_image", f"image {path} ({label}) could not be decoded; replace the file or drop "
+                                            "the image")  # fmt: skip
     # Warping the BGR array and encoding it with OpenCV stores a normal JPEG: decoders give the right colours.
     canvas = cv2.warpAffine(
         img_bgr, img_to_canvas, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
@@ -116,7 +134,7 @@ def _record(inst: Instance, key: str, dataset: str, split: str, canvas_to_img: n
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Shards
+# One split
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -125,110 +143,19 @@ class _RateColumn(ProgressColumn):
         return Text(f"{task.speed or 0.0:.1f} samples/s")
 
 
-@contextmanager
-def _rendered(jobs: list[tuple], workers: int) -> Iterator[Iterator[bytes]]:
-    """JPEG bytes of every job, in job order; a spawn Pool when workers > 0 (same bytes either way)."""
-    if workers <= 0:
-        yield map(_render_canvas, jobs)
-        return
-    chunk = max(1, min(32, len(jobs) // (4 * workers)))
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
-        yield pool.imap(_render_canvas, jobs, chunksize=chunk)
-
-
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def _check_name(value: str, what: str) -> None:
+def check_name(value: str, what: str) -> None:
+    """Dataset and split names go into keys and file names: letters, digits and '_' only."""
     if not _NAME_RE.match(value):
         raise ValueError(f"{what} {value!r} may only use letters, digits and '_' (it goes into keys and file names)")
-
-
-def write_shards(
-    instances: list[Instance],
-    out_dir: Path,
-    *,
-    dataset: str,
-    split: str,
-    input_hw: tuple[int, int],
-    canvas: int | None = None,
-    shard_size: int = 1000,
-    jpeg_quality: int = 95,
-    workers: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Write the canvases of `instances` as `{out_dir}/{dataset}-{split}-{000000}.tar`, atomically.
-
-    Every tar is written under a temporary name and renamed once all are complete; on any error the temporary
-    files are removed and existing files stay untouched. Output bytes depend only on the inputs (mtime 0, instance
-    order), not on `workers`. Older shards of this split beyond the new count are removed after success.
-
-    Args:
-        instances: the split's person boxes, in the order they are stored.
-        out_dir: shard directory (created if needed).
-        dataset: dataset name used in keys and file names.
-        split: split name ("train", "val", "unlabeled", ...).
-        input_hw: model input (H, W) the canvases serve.
-        canvas: canvas side in px; default `geometry.canvas_side(input_hw)`.
-        shard_size: samples per tar.
-        jpeg_quality: JPEG quality of the canvases.
-        workers: decode/warp/encode processes (0: in this process).
-        progress: show a rich progress bar.
-
-    Returns:
-        The split's manifest entry `{"count", "shards": [{"name", "count", "sha256"}]}` for `write_manifest`.
-    """
-    _check_name(dataset, "dataset name")
-    _check_name(split, "split name")
-    if not instances:
-        raise ValueError(f"no instances to write for split {split!r}")
-    if shard_size <= 0:
-        raise ValueError(f"shard_size must be positive, got {shard_size}")
-    side = int(canvas) if canvas is not None else geometry.canvas_side(input_hw)
-    out_dir = Path(out_dir)
-    _check_compatible(out_dir, dataset=dataset, input_hw=input_hw, canvas=side)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    c2i = [geometry.canvas_to_image_matrix(inst.center, inst.scale, side, MAX_SCALE) for inst in instances]
-    jobs = [
-        (str(inst.image_path), _describe(inst), _invert_affine(m), side, jpeg_quality)
-        for inst, m in zip(instances, c2i)
-    ]
-    keys = [f"{dataset}_{inst.image_id:012d}_{idx:012d}" for inst, idx in zip(instances, _sample_index(instances))]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate sample keys in split {split!r}: the instances repeat an (image_id, ann_id)")
-    n_shards = (len(instances) + shard_size - 1) // shard_size
-    names = [f"{dataset}-{split}-{i:06d}.tar" for i in range(n_shards)]
-    temps = [out_dir / f".{name}{_TMP_SUFFIX}" for name in names]
-    entries = []
-    columns = (TextColumn(f"shard {dataset}/{split}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    try:
-        with Progress(*columns, disable=not progress) as bar, _rendered(jobs, workers) as jpgs:
-            task = bar.add_task("shard", total=len(instances))
-            for s, (name, tmp) in enumerate(zip(names, temps)):
-                lo, hi = s * shard_size, min(len(instances), (s + 1) * shard_size)
-                with tmp.open("wb") as f, TarWriter(f, encoder=False, mtime=0) as tar:
-                    for i in range(lo, hi):
-                        record = _record(instances[i], keys[i], dataset, split, c2i[i])
-                        tar.write({"__key__": keys[i], "jpg": next(jpgs), "json": json.dumps(record).encode()})
-                        bar.advance(task)
-                entries.append({"name": name, "count": hi - lo, "sha256": _sha256(tmp)})
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise
-    for name, tmp in zip(names, temps):
-        os.replace(tmp, out_dir / name)
-    for old in out_dir.glob(f"{dataset}-{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        if old.name not in names:
-            old.unlink()
-    return {"count": len(instances), "shards": entries}
 
 
 def _describe(inst: Instance) -> str:
@@ -237,78 +164,175 @@ def _describe(inst: Instance) -> str:
     return f"detection box of image id {inst.image_id}"
 
 
+def write_split(
+    instances: list[Instance],
+    folder: Path,
+    *,
+    dataset: str,
+    split: str,
+    canvas: int,
+    shard_size: int = 1000,
+    jpeg_quality: int = 95,
+    workers: int = 0,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write the canvases of `instances` as `{folder}/{dataset}-{split}-{000000}.tar`.
+
+    `folder` is a private staging folder (`sshpe.data.shard_folder` commits it); nothing here is atomic on its
+    own. Output bytes depend only on the inputs (mtime 0, instance order), not on `workers`.
+
+    Args:
+        instances: the split's person boxes, in the order they are stored.
+        folder: where the tars go (created if needed).
+        dataset: dataset name used in keys and file names.
+        split: split name ("labeled", "val", "unlabeled", ...).
+        canvas: canvas side in px (`geometry.canvas_side` of the model input).
+        shard_size: samples per tar.
+        jpeg_quality: JPEG quality of the canvases.
+        workers: decode/warp/encode processes (0: in this process).
+        skip_invalid: skip missing, truncated or undecodable images (counted by reason) instead of raising.
+        progress: show a rich progress bar.
+
+    Returns:
+        The split's manifest entry `{"count", "shards": [{"name", "count", "sha256", "size"}], "skipped"}`.
+
+    Raises:
+        InvalidImage: an image cannot be used (without `skip_invalid`); it names the file and the annotation.
+    """
+    check_name(dataset, "dataset name")
+    check_name(split, "split name")
+    if not instances:
+        raise ValueError(f"no instances to write for split {split!r}")
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c2i = [geometry.canvas_to_image_matrix(inst.center, inst.scale, canvas, MAX_SCALE) for inst in instances]
+    jobs = [
+        (str(inst.image_path), _describe(inst), _invert_affine(m), canvas, jpeg_quality)
+        for inst, m in zip(instances, c2i)
+    ]
+    keys = [f"{dataset}_{inst.image_id:012d}_{idx:012d}" for inst, idx in zip(instances, _sample_index(instances))]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate sample keys in split {split!r}: the instances repeat an (image_id, ann_id)")
+    tars = _TarSequence(folder, dataset, split, shard_size)
+    skipped: dict[str, int] = {}
+    columns = (TextColumn(f"shard {dataset}/{split}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    chunk = max(1, min(32, len(jobs) // (4 * max(workers, 1))))
+    with (
+        Progress(*columns, disable=not progress) as bar,
+        ordered_map(_render_canvas, jobs, workers=workers, what=f"sshpe shard {split}", chunksize=chunk,
+                    initializer=cv2.setNumThreads, initargs=(1,)) as jpgs,
+    ):  # fmt: skip
+        task = bar.add_task("shard", total=len(instances))
+        try:
+            for i, jpg in enumerate(jpgs):
+                bar.advance(task)
+                if isinstance(jpg, Invalid):
+                    if not skip_invalid:
+                        raise InvalidImage(f"{jpg.message} (or pass --skip-invalid to skip such images)")
+                    skipped[jpg.reason] = skipped.get(jpg.reason, 0) + 1
+                    continue
+                record = _record(instances[i], keys[i], dataset, split, c2i[i])
+                tars.add({"__key__": keys[i], "jpg": jpg, "json": json.dumps(record).encode()})
+        except BaseException:
+            tars.abandon()
+            raise
+    entries = tars.close()
+    if not entries:
+        raise InvalidImage(f"split {split!r}: every image was skipped as invalid ({skipped}); nothing to write")
+    return {"count": sum(e["count"] for e in entries), "shards": entries, "skipped": skipped}
+
+
+class _TarSequence:
+    """Numbered tars of `shard_size` samples each, opened as samples arrive (so skipped samples leave no gaps)."""
+
+    def __init__(self, folder: Path, dataset: str, split: str, shard_size: int) -> None:
+        self.folder, self.prefix, self.shard_size = folder, f"{dataset}-{split}-", shard_size
+        self.entries: list[dict] = []
+        self.file = self.tar = None
+        self.count = 0
+
+    def add(self, sample: dict) -> None:
+        if self.tar is None:
+            self.path = self.folder / f"{self.prefix}{len(self.entries):06d}.tar"
+            self.file = self.path.open("wb")
+            self.tar = TarWriter(self.file, encoder=False, mtime=0)
+        self.tar.write(sample)
+        self.count += 1
+        if self.count == self.shard_size:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.tar.close()
+        self.file.close()
+        size = self.path.stat().st_size
+        self.entries.append({"name": self.path.name, "count": self.count, "sha256": sha256_file(self.path),
+                             "size": size})  # fmt: skip
+        self.file = self.tar = None
+        self.count = 0
+
+    def close(self) -> list[dict]:
+        if self.tar is not None:
+            self._finish()
+        return self.entries
+
+    def abandon(self) -> None:
+        """Close an unfinished tar after an error (the staging folder holding it is removed by the caller)."""
+        if self.tar is not None:
+            self.tar.close()
+            self.file.close()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Manifest
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def read_manifest(shard_dir: Path) -> dict:
-    """Load `{shard_dir}/manifest.json`; errors say to run `sshpe shard` first."""
+    """Load and validate `{shard_dir}/manifest.json` (`sshpe.data.shard_format.Manifest`); errors name the file,
+    the field and the fix (run `sshpe shard`)."""
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `sshpe shard` first to write shards into {shard_dir}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); run `sshpe shard` again") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not an {MANIFEST_FORMAT} manifest; run `sshpe shard` again")
-    return manifest
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardFormatError(f"{path} is not valid JSON ({err}); run `sshpe shard` again") from None
+    except RecursionError:
+        raise ShardFormatError(f"{path} nests too deeply to be a manifest; run `sshpe shard` again") from None
+    if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+        raise ShardFormatError(f"{path} is not an {MANIFEST_FORMAT} manifest; run `sshpe shard` again")
+    return validate_manifest(raw, path)
 
 
-def _check_compatible(out_dir: Path, *, dataset: str, input_hw: tuple[int, int], canvas: int) -> None:
-    """Refuse to mix splits of different datasets or canvas geometry in one directory."""
-    if not (Path(out_dir) / MANIFEST_NAME).is_file():
-        return
-    old = read_manifest(out_dir)
+def check_compatible(old: dict, path: Path, *, dataset: str, input_hw: tuple[int, int], canvas: int,
+                     schema: KeypointSchema) -> None:  # fmt: skip
+    """Refuse to mix splits of different datasets, canvas geometry or keypoint schemas in one folder."""
     new = {"dataset": dataset, "input_size": [int(input_hw[0]), int(input_hw[1])], "canvas_side": int(canvas)}
     for field, value in new.items():
         if old[field] != value:
             raise ValueError(
-                f"{Path(out_dir) / MANIFEST_NAME} has {field}={old[field]!r} but this write has {value!r}; "
+                f"{path} has {field}={old[field]!r} but this write has {value!r}; "
                 "write to a fresh directory or delete the old shards and manifest"
             )
+    if old["schema"] != schema.as_metadata():
+        raise ValueError(f"{path} holds schema {old['schema']['name']!r}, not {schema.name!r}; use a fresh directory")
 
 
-def write_manifest(
-    out_dir: Path,
+def manifest_dict(
     *,
     dataset: str,
     schema: KeypointSchema,
     input_hw: tuple[int, int],
     canvas: int,
     splits: dict[str, dict],
-    sources: dict[str, Path],
-) -> Path:
-    """Write (or merge into) `{out_dir}/manifest.json` atomically.
-
-    Splits and sources already in a compatible manifest are kept unless given again, so splits can be written
-    one at a time. A `val` split requires a `val_annotations` source (evaluation reads it).
-
-    Args:
-        out_dir: the shard directory.
-        dataset: dataset name (as in `write_shards`).
-        schema: keypoint schema of the records' keypoints.
-        input_hw: model input (H, W).
-        canvas: canvas side in px.
-        splits: split name -> the entry `write_shards` returned.
-        sources: name -> file the shards came from (annotation, detection files); stored with sha256.
-
-    Returns:
-        The manifest path.
-    """
-    out_dir = Path(out_dir)
-    path = out_dir / MANIFEST_NAME
-    _check_compatible(out_dir, dataset=dataset, input_hw=input_hw, canvas=canvas)
-    old = read_manifest(out_dir) if path.is_file() else {"splits": {}, "sources": {}, "schema": schema.as_metadata()}
-    if old["schema"] != schema.as_metadata():
-        raise ValueError(f"{path} holds schema {old['schema']['name']!r}, not {schema.name!r}; use a fresh directory")
-    new_sources = {}
-    for name, src in sources.items():
-        src = Path(src).resolve()
-        if not src.is_file():
-            raise FileNotFoundError(f"source {name!r}: {src} does not exist")
-        new_sources[name] = {"path": str(src), "sha256": _sha256(src)}
+    sources: dict[str, dict],
+) -> dict:
+    """The manifest of a folder holding `splits` (entries from `write_split`) made from `sources` ({name: {path,
+    sha256}}); validated like a manifest that is read."""
     h, w = int(input_hw[0]), int(input_hw[1])
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -320,16 +344,24 @@ def write_manifest(
         "max_scale": MAX_SCALE,
         "min_scale": MIN_SCALE,
         "padding": PADDING,
-        "splits": {**old["splits"], **splits},
-        "sources": {**old["sources"], **new_sources},
+        "splits": splits,
+        "sources": sources,
     }
-    if "val" in manifest["splits"] and "val_annotations" not in manifest["sources"]:
-        raise ValueError(f"{path}: a 'val' split needs sources['val_annotations'] (the GT file evaluation reads)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{MANIFEST_NAME}{_TMP_SUFFIX}"
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if "val" in splits and "val_annotations" not in sources:
+        raise ValueError("a 'val' split needs sources['val_annotations'] (the GT file evaluation reads)")
+    return validate_manifest(manifest, Path(MANIFEST_NAME))
+
+
+def source_entry(name: str, path: Path) -> dict:
+    """{path, sha256} of one source file (absolute path)."""
+    src = Path(path).resolve()
+    if not src.is_file():
+        raise FileNotFoundError(f"source {name!r}: {src} does not exist")
+    return {"path": str(src), "sha256": sha256_file(src)}
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write `manifest` as `{folder}/manifest.json` (folder: a staging folder; the commit makes it durable)."""
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

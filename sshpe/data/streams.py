@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest
+from sshpe.data.shard_format import ShardFormatError, check_record
+from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest, sha256_file
 
 Unit = tuple[int, int]  # (shard index in the split, sample position in the shard)
 
@@ -36,7 +37,13 @@ class SampleLoc:
     json: tuple[int, int]
 
 
+class ShardError(ShardFormatError):
+    """A shard that cannot be read as its manifest describes; the message names the shard (and sample) and says
+    what to do. Raised in DataLoader workers too, where `OneLineErrors` turns it back into its own one line."""
+
+
 _INDEX_CACHE: dict[tuple, list[SampleLoc]] = {}
+_VERIFIED: set[tuple] = set()  # file versions whose sha256 matched the manifest in this process
 _FDS: dict[str, tuple[tuple, int]] = {}  # path -> (file version incl. pid, open descriptor)
 
 
@@ -45,8 +52,25 @@ def _version(path: Path) -> tuple:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"shard {path} does not exist; run `sshpe shard` again") from None
+        raise ShardError(f"shard {path} does not exist; run `sshpe shard` again") from None
     return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def verify_shard(path: Path, sha256: str) -> None:
+    """Check a shard's bytes against the manifest's sha256, once per process and file version (then cached).
+
+    Raises:
+        ShardError: the checksum differs (the tar was replaced or damaged after the manifest was written).
+    """
+    version = _version(path)
+    if version in _VERIFIED:
+        return
+    if sha256_file(path) != sha256:
+        raise ShardError(
+            f"shard {path} does not match its manifest (sha256 differs): it was changed or damaged after "
+            "`sshpe shard` wrote it; run `sshpe shard` again"
+        )
+    _VERIFIED.add(version)
 
 
 def index_shard(path: Path) -> list[SampleLoc]:
@@ -62,11 +86,11 @@ def index_shard(path: Path) -> list[SampleLoc]:
                 key, _, ext = m.name.partition(".")
                 members.setdefault(key, {})[ext] = (m.offset_data, m.size)
     except tarfile.TarError as err:
-        raise ValueError(f"shard {path} is not a readable tar ({err}); run `sshpe shard` again") from err
+        raise ShardError(f"shard {path} is not a readable tar ({err}); run `sshpe shard` again") from None
     locs = []
     for key, parts in members.items():
         if "jpg" not in parts or "json" not in parts:
-            raise ValueError(f"corrupt sample {key!r} in shard {path}: it lacks a jpg or json member")
+            raise ShardError(f"corrupt sample {key!r} in shard {path}: it lacks a jpg or json member")
         locs.append(SampleLoc(key, parts["jpg"], parts["json"]))
     _INDEX_CACHE[version] = locs
     return locs
@@ -84,8 +108,8 @@ def _read_bytes(path: Path, span: tuple[int, int]) -> bytes:
     return os.pread(cached[1], size, offset)
 
 
-def read_sample(path: Path, loc: SampleLoc) -> dict:
-    """Decode one sample.
+def read_sample(path: Path, loc: SampleLoc, num_joints: int | None = None) -> dict:
+    """Decode one sample; with `num_joints` its record is also checked (`shard_format.check_record`).
 
     Returns:
         {"canvas": (S, S, 3) uint8 RGB canvas, "record": the JSON record (frames in shards/README.md)}.
@@ -93,11 +117,14 @@ def read_sample(path: Path, loc: SampleLoc) -> dict:
     jpg = np.frombuffer(_read_bytes(path, loc.jpg), dtype=np.uint8)
     canvas = cv2.imdecode(jpg, cv2.IMREAD_COLOR) if jpg.size else None
     if canvas is None:
-        raise ValueError(f"corrupt sample {loc.key!r} in shard {path}: its JPEG does not decode; re-run `sshpe shard`")
+        raise ShardError(f"corrupt sample {loc.key!r} in shard {path}: its JPEG does not decode; re-run `sshpe shard`")
     try:
         record = json.loads(_read_bytes(path, loc.json))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupt sample {loc.key!r} in shard {path}: bad JSON record ({err})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ShardError(f"corrupt sample {loc.key!r} in shard {path}: bad JSON record ({err}); re-run `sshpe shard`"
+                         ) from None  # fmt: skip
+    if num_joints is not None:
+        check_record(record, num_joints=num_joints, shard=path, key=loc.key)
     return {"canvas": cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), "record": record}
 
 
@@ -136,7 +163,8 @@ def collate(samples: list[dict]) -> dict:
 
 
 class _SplitReader:
-    """The shards of one split of a manifest, checked to exist; reads samples by (shard, position)."""
+    """The shards of one split of a manifest, checked against it: existence and byte size at construction, sha256
+    at each shard's first read in a process, every record's schema at read; reads samples by (shard, position)."""
 
     def __init__(self, manifest_dir: Path, split: str) -> None:
         self.manifest_dir = Path(manifest_dir)
@@ -150,22 +178,57 @@ class _SplitReader:
         entries = self.manifest["splits"][split]["shards"]
         self.paths = [self.manifest_dir / e["name"] for e in entries]
         self.counts = [int(e["count"]) for e in entries]
-        for p in self.paths:
+        self.sha256 = [e["sha256"] for e in entries]
+        self.num_joints = len(self.manifest["schema"]["names"])
+        for p, e in zip(self.paths, entries):
             if not p.is_file():
-                raise FileNotFoundError(f"shard {p} listed in the manifest is missing; run `sshpe shard` again")
+                raise ShardError(f"shard {p} listed in the manifest is missing; run `sshpe shard` again")
+            size = p.stat().st_size
+            if e["size"] is not None and size != e["size"]:
+                raise ShardError(
+                    f"shard {p} has {size} bytes but the manifest says {e['size']}: it was changed or truncated after "
+                    "`sshpe shard` wrote it; run `sshpe shard` again"
+                )
 
     def units(self) -> list[Unit]:
         return [(s, p) for s, n in enumerate(self.counts) for p in range(n)]
 
     def read(self, unit: Unit) -> dict:
         shard, pos = unit
-        locs = index_shard(self.paths[shard])
+        path = self.paths[shard]
+        verify_shard(path, self.sha256[shard])
+        locs = index_shard(path)
         if len(locs) != self.counts[shard]:
-            raise ValueError(
-                f"shard {self.paths[shard]} holds {len(locs)} samples but the manifest says {self.counts[shard]}; "
+            raise ShardError(
+                f"shard {path} holds {len(locs)} samples but the manifest says {self.counts[shard]}; "
                 "it is corrupt or stale, run `sshpe shard` again"
             )
-        return read_sample(self.paths[shard], locs[pos])
+        return read_sample(path, locs[pos], self.num_joints)
+
+
+class OneLineErrors(DataLoader):
+    """A DataLoader whose shard errors stay one line: a `ShardError` (or a record's `ShardFormatError`) raised in a
+    worker process reaches the main process wrapped by torch ("Caught ShardError in DataLoader worker process 0
+    ... Original Traceback ..."); it is re-raised here as the worker's own message (shard, sample key, fix)."""
+
+    def __iter__(self) -> Iterator:
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except ShardFormatError as err:
+                raise type(err)(worker_message(str(err))) from None
+            yield batch
+
+
+def worker_message(text: str) -> str:
+    """The original message inside torch's wrapped worker exception text (unchanged when it is not wrapped)."""
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().rsplit("\n", 1)[-1]  # "sshpe.data.streams.ShardError: <message>"
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,7 +302,7 @@ class TrainStream(IterableDataset):
         logical = (worker + self.start_batch) % num_workers
         units = partition_units(self.reader.counts, self.rank, self.world_size, logical, num_workers)
         if not units:
-            raise ValueError(
+            raise ShardError(
                 f"split {self.reader.split!r} has {sum(self.reader.counts)} samples, too few for world_size "
                 f"{self.world_size} x {num_workers} workers; use fewer workers or more data"
             )
@@ -277,7 +340,7 @@ def make_train_loader(
         batch_size=batch_size,
         start_batch=start_batch,
     )
-    return DataLoader(
+    return OneLineErrors(
         stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=False
     )
 
@@ -311,6 +374,6 @@ def make_val_loader(
 ) -> DataLoader:
     """Ordered, unpadded DataLoader over this rank's `ValDataset` share."""
     ds = ValDataset(manifest_dir, split, rank=rank, world_size=world_size)
-    return DataLoader(
+    return OneLineErrors(
         ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate, drop_last=False
     )

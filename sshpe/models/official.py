@@ -8,6 +8,7 @@ buffers; those are filled from the fresh model and reported.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,26 @@ def _check_keys(
     )
 
 
+def _load_pth(path: Path) -> Any:
+    """`torch.load(weights_only=True)` with one-line errors naming the file (truncated, not a checkpoint, or holding
+    pickled objects other than tensors and containers, which are refused rather than run)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path}: refused to unpickle it ({first[:160]}): it is not a plain weights checkpoint, or it holds "
+            "objects other than tensors (weights_only=True never runs pickled code)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path}: not a readable PyTorch checkpoint ({first[:160]}); it is truncated or corrupt"
+        ) from None
+
+
 def import_official(
     path: str | Path, arch: str, num_joints: int, *, net: str | None = None, **model_kwargs: Any
 ) -> tuple[PoseModel, ImportReport]:
@@ -156,7 +177,7 @@ def import_official(
             missing, unexpected and shape-mismatched key.
     """
     path = Path(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _load_pth(path)
     raw, container = _unwrap(obj, path)
     model = build_model(arch, num_joints, **model_kwargs)
     ours = model.state_dict()

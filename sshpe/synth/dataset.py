@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
 import numpy as np
 from rich.progress import track
 
+from sshpe.parallel import ordered_map
 from sshpe.schema import COCO17
 from sshpe.synth.scene import SceneKnobs, render_scene
 from sshpe.synth.stats import person_stats
@@ -72,19 +71,13 @@ def _prepare_dirs(out_dir: Path) -> dict[str, Path]:
 
 
 def _run(tasks: list[tuple], workers: int, progress: bool) -> list[dict]:
-    """Render all tasks in order, in this process (workers=0) or in a spawn pool; results keep task order."""
-    if workers > 0:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        results = pool.map(_render_task, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
-    else:
-        pool, results = None, map(_render_task, tasks)
-    try:
+    """Render all tasks in order, in this process (workers=0) or in a spawn pool; results keep task order, and a
+    dead worker fails the run (`sshpe.parallel.WorkerDied`) instead of hanging it."""
+    chunk = max(1, min(16, len(tasks) // (4 * max(workers, 1))))
+    with ordered_map(_render_task, tasks, workers=workers, what="sshpe synth", chunksize=chunk) as results:
         if progress:
             results = track(results, total=len(tasks), description="sshpe synth: rendering")
         return list(results)
-    finally:
-        if pool is not None:
-            pool.shutdown()
 
 
 def _coco_dicts(records: list[dict], split: str, image_size: tuple[int, int], info: dict) -> tuple[dict, list]:

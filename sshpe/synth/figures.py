@@ -286,6 +286,7 @@ def _limb_parts(side: str, shade: float, p2: Points, dz: Depths, width: Sizes, o
         forearm.append(("~circle", c["watch"] / shade, band, r["forearm"] * 0.9))
     shin_colour = c["pants"] if outfit.legwear == "trousers" else c["skin"]
     thigh_colour = c["skin"] if outfit.legwear == "skirt" else c["pants"]
+
     # Legs sit slightly behind arms at equal depth; the hand and foot are drawn over their limb.
     def seg(a: str, b: str, colour: np.ndarray, radius: str, taper: float) -> list[Shape]:
         return _limb(colour, p[a], p[b], r[radius], r[radius] * taper)
