@@ -37,6 +37,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from sshpe.atomic import honour_umask
 from sshpe.export import fp32_state, model_metadata
 
 COMPLETE = "COMPLETE"
@@ -54,14 +55,6 @@ class CheckpointError(ValueError):
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temp name + rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -118,6 +111,7 @@ def save_checkpoint(
         info = {"step": step, **engine_info(accelerator), "mixed_precision": recipe.train.mixed_precision,
                 "grad_accum": recipe.train.grad_accum, "recipe_hash": recipe.hash()}  # fmt: skip
         (tmp / TRAINER_STATE).write_text(json.dumps(info, indent=1))
+        honour_umask(tmp)  # accelerate's and our safetensors files are created 0600
         (tmp / COMPLETE).write_text("ok\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -13,19 +13,20 @@ from pathlib import Path
 
 import torch
 
+from sshpe.atomic import atomic_write_text
 from sshpe.checkpoint import (
-    atomic_write_text,
     load_checkpoint,
     load_teacher_weights,
     load_weights,
     plan_resume,
     save_checkpoint,
 )  # fmt: skip
-from sshpe.data.shard_writer import read_manifest
+from sshpe.data.shard_writer import read_manifest, source_file
 from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.export import export_model
 from sshpe.nets import build_nets
+from sshpe.portable_paths import write_run_paths
 from sshpe.predict import batch_to_device, merge_instances, predict_instances, score_predictions
 from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from sshpe.step import train_step
@@ -120,8 +121,9 @@ def _optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
     return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
-def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: Path | None) -> dict:
-    """Predict the val split on every rank (each sample once), gather, score on rank 0, broadcast the stats."""
+def evaluate_nets(net_fn, recipe: Recipe, accelerator, gt_file: Path, out_dir: Path | None) -> dict:
+    """Predict the val split on every rank (each sample once), gather, score on rank 0 against `gt_file` (the
+    COCO ground truth), broadcast the stats."""
     from accelerate.utils import gather_object
 
     shards = Path(recipe.data.shards)
@@ -133,8 +135,7 @@ def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: 
     instances = merge_instances(gather_object([local])) if accelerator.num_processes > 1 else local
     stats = [None]
     if accelerator.is_main_process:
-        gt = Path(manifest["sources"]["val_annotations"]["path"])
-        stats = [score_predictions(instances, recipe, gt, out_dir / "results.json" if out_dir else None)]
+        stats = [score_predictions(instances, recipe, gt_file, out_dir / "results.json" if out_dir else None)]
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -160,10 +161,12 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
     shards = Path(recipe.data.shards)
     manifest = read_manifest(shards)
     check_data(recipe, manifest, shards)
+    gt_file = source_file(manifest, shards, "val_annotations")  # resolved now: a missing GT fails before training
     sched = resolve_schedule(recipe, manifest, world)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        write_run_paths(run_dir, shards, gt_file)  # eval/export/predict find the data from anywhere, after a move
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     nets = build_nets(recipe)
@@ -262,7 +265,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
 
         if itstime(step1, sched.eval_every) and step1 != sched.total:
             stats = _eval_and_log(
-                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics, step1
+                recipe, accelerator, raw, teacher, gt_file, run_dir / "eval" / f"step-{step1:06d}", metrics, step1
             )
             _set_modes(raw, teacher, recipe)
         window_t0 += time.perf_counter() - t_side
@@ -273,7 +276,7 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
     sync_bn_buffers(accelerator, raw, teacher)
     if sched.total > start:
         save_checkpoint(accelerator, ckpt_root, sched.total, student, teacher, recipe, t.keep_last)
-    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics, sched.total)
+    stats = _eval_and_log(recipe, accelerator, raw, teacher, gt_file, run_dir / "final", metrics, sched.total)
     if accelerator.is_main_process:
         net, name = eval_network(recipe, raw, teacher)
         export_model(net, run_dir / "final" / "model.safetensors", recipe, name)
@@ -294,7 +297,9 @@ def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
     return raw.nets[0], "student"
 
 
-def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics: MetricsLog, step: int) -> dict:
+def _eval_and_log(
+    recipe, accelerator, raw, teacher, gt_file: Path, out_dir: Path, metrics: MetricsLog, step: int
+) -> dict:
     sync_bn_buffers(accelerator, raw, teacher)  # every rank scores the same network
     net, name = eval_network(recipe, raw, teacher)
     if recipe.teacher.kind == "dual" and recipe.teacher.eval_net == "ensemble":
@@ -306,7 +311,7 @@ def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, me
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     with accelerator.autocast():
-        stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
+        stats = evaluate_nets(fn, recipe, accelerator, gt_file, out_dir)
     metrics.write({"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()})
     if accelerator.is_main_process:
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))

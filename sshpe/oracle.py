@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sshpe.codec import decode_heatmaps
-from sshpe.data.shard_writer import read_manifest
+from sshpe.data.shard_writer import read_manifest, source_file
 from sshpe.data.streams import make_val_loader
 from sshpe.evaluate import heatmap_to_image
 from sshpe.predict import score_predictions
@@ -38,5 +38,5 @@ def oracle_ap(recipe: Recipe, split: str | None = None) -> dict[str, float]:
         parts["image_id"].append(batch["image_id"].numpy())
         parts["score"].append(batch["score"].numpy())
     p = {k: np.concatenate(v) for k, v in parts.items()}
-    gt = read_manifest(shards)["sources"]["val_annotations"]["path"]
-    return score_predictions(p, recipe, Path(gt), None)
+    gt = source_file(read_manifest(shards), shards, "val_annotations")
+    return score_predictions(p, recipe, gt, None)

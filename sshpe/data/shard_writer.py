@@ -23,6 +23,7 @@ from webdataset import TarWriter
 
 from sshpe import geometry
 from sshpe.data.coco import Instance
+from sshpe.portable_paths import candidates, first_existing, portable
 from sshpe.schema import KeypointSchema
 
 MANIFEST_FORMAT = "sshpe-shards/1"
@@ -252,6 +253,26 @@ def read_manifest(shard_dir: Path) -> dict:
     return manifest
 
 
+def source_candidates(manifest: dict, shard_dir: Path, name: str) -> list[Path]:
+    """Where the manifest's source file `name` may be now: its absolute path, then its path relative to the shard
+    folder (manifests written before relative paths were stored have only the first)."""
+    if name not in manifest["sources"]:
+        raise ValueError(
+            f"{Path(shard_dir) / MANIFEST_NAME} has no sources.{name} (has {sorted(manifest['sources'])}); "
+            "re-run `sshpe shard` with the annotation file"
+        )
+    return candidates(manifest["sources"][name], shard_dir)
+
+
+def source_file(manifest: dict, shard_dir: Path, name: str) -> Path:
+    """The manifest's source file `name` (e.g. `val_annotations`), found absolute first, then relative to the shard
+    folder; the error names both."""
+    return first_existing(
+        source_candidates(manifest, shard_dir, name), f"{Path(shard_dir) / MANIFEST_NAME}: sources.{name}",
+        "move the file back, move it together with the shard folder, or re-run `sshpe shard`",
+    )  # fmt: skip
+
+
 def _check_compatible(out_dir: Path, *, dataset: str, input_hw: tuple[int, int], canvas: int) -> None:
     """Refuse to mix splits of different datasets or canvas geometry in one directory."""
     if not (Path(out_dir) / MANIFEST_NAME).is_file():
@@ -288,7 +309,8 @@ def write_manifest(
         input_hw: model input (H, W).
         canvas: canvas side in px.
         splits: split name -> the entry `write_shards` returned.
-        sources: name -> file the shards came from (annotation, detection files); stored with sha256.
+        sources: name -> file the shards came from (annotation, detection files); stored with its absolute path,
+            its path relative to `out_dir` (found again when both move together, `source_file`) and sha256.
 
     Returns:
         The manifest path.
@@ -304,7 +326,7 @@ def write_manifest(
         src = Path(src).resolve()
         if not src.is_file():
             raise FileNotFoundError(f"source {name!r}: {src} does not exist")
-        new_sources[name] = {"path": str(src), "sha256": _sha256(src)}
+        new_sources[name] = portable(src, out_dir) | {"sha256": _sha256(src)}
     h, w = int(input_hw[0]), int(input_hw[1])
     manifest = {
         "format": MANIFEST_FORMAT,
