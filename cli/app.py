@@ -25,6 +25,23 @@ err_console = Console(stderr=True)
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe field: section.field=value")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from sshpe import __version__
+
+        console.print(f"sshpe {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Semi-supervised human pose estimation trainer."""
+
+
 def _fail(msg: str, code: int = 2) -> None:
     _print_error(msg)
     raise typer.Exit(code)
@@ -242,22 +259,40 @@ def export(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="exported model.safetensors")],
+    model: Annotated[Path, typer.Argument(help="exported model.safetensors or a run folder")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
     out: Annotated[Path, typer.Option(help="output folder for keypoints.json and overlays")] = Path("predictions"),
     boxes: Annotated[
-        Optional[Path], typer.Option(help="JSON list of {file_name, bbox [x,y,w,h], score} person boxes")
+        Optional[Path],
+        typer.Option(
+            help="JSON person boxes: COCO detection results (image_id, bbox x,y,w,h px, score; with --image-info) "
+            "or entries with file_name, bbox, score"
+        ),
     ] = None,
-    overlay: Annotated[bool, typer.Option(help="also write images with the skeleton drawn")] = True,
+    image_info: Annotated[
+        Optional[Path], typer.Option(help="COCO file whose `images` name the image_ids of --boxes")
+    ] = None,
+    whole_image: Annotated[
+        bool, typer.Option(help="images that --boxes does not name use the whole image as the box (else an error)")
+    ] = False,
+    score_thr: Annotated[float, typer.Option(help="leave out boxes scored below this")] = 0.0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (auto: the GPU when one is visible)")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="person crops per forward pass")] = 32,
+    overlay: Annotated[bool, typer.Option(help="also write images with the skeleton, box and scores drawn")] = True,
 ) -> None:
-    """Run a model on images (whole image as the person box unless --boxes is given)."""
+    """Keypoints of the people in images (the whole image is the person box unless --boxes is given)."""
     from sshpe.runner import predict_images
 
     try:
-        path = predict_images(model, images, out, boxes, overlay)
+        res = predict_images(
+            model, images, out, boxes, overlay, image_info=image_info, whole_image=whole_image, score_thr=score_thr,
+            device=device, batch_size=batch_size,
+        )  # fmt: skip
     except _user_errors() as e:
         _fail(str(e))
-    console.print(f"wrote {path}")
+    for note in res.notes:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {res.path}: {res.people} people in {res.images} images")
 
 
 @recipe_app.command("check")

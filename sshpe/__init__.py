@@ -1,13 +1,14 @@
 """sshpe: semi-supervised 2D human pose estimation in one Accelerate trainer.
 
-Public surface: `load_recipe`, `Recipe`, `fit`, `train_step`, `build_model`, `get_schema`.
+Public surface: `load_recipe`, `Recipe`, `fit`, `train_step`, `build_model`, `get_schema`, and `load_model` (an
+exported model as a callable on images and person boxes, for notebooks).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Recipe", "build_model", "fit", "get_schema", "load_recipe", "train_step"]
+__all__ = ["Recipe", "build_model", "fit", "get_schema", "load_model", "load_recipe", "train_step"]
 
 
 def __getattr__(name: str):
@@ -28,6 +29,10 @@ def __getattr__(name: str):
         from sshpe.models import build_model
 
         return build_model
+    if name == "load_model":
+        from sshpe.infer import load_model
+
+        return load_model
     if name == "get_schema":
         from sshpe.schema import get_schema
 

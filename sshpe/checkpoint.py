@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sshpe.durable import fsync_path, fsync_tree, write_text_durably
+from sshpe.atomic import honour_umask
+from sshpe.durable import fsync_path, fsync_tree
 from sshpe.errors import is_disk_full, quoted
 from sshpe.export import WeightsFileError, fp32_state, model_metadata, read_safetensors
 
@@ -60,12 +61,6 @@ class CheckpointError(ValueError):
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temp name + fsync + rename (never half-written, survives power loss)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_durably(path, text)
 
 
 def complete_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -158,6 +153,7 @@ def _write_checkpoint(accelerator, tmp: Path, step: int, student, teacher, recip
     info = {"step": step, **engine_info(accelerator), "mixed_precision": recipe.train.mixed_precision,
             "grad_accum": recipe.train.grad_accum, "recipe_hash": recipe.hash()}  # fmt: skip
     (tmp / TRAINER_STATE).write_text(json.dumps(info, indent=1))
+    honour_umask(tmp)  # accelerate's and our safetensors files are created 0600
     fsync_tree(tmp)
 
 

@@ -1,4 +1,5 @@
-"""Crash-safe file-system steps: fsync of files and folders, and swapping a finished folder into place.
+"""Crash-safe file-system steps: fsync of files and folders, and swapping a finished folder into place (single
+files: `sshpe.atomic`).
 
 A write survives a kill or a power loss only if its data and the directory entries that name it reach the disk
 before the rename that publishes it; these helpers are the two halves of that rule.
@@ -32,22 +33,6 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             fsync_path(Path(dirpath) / name)
         fsync_path(Path(dirpath))
-
-
-def write_text_durably(path: Path, text: str) -> None:
-    """Write a text file through a temporary name, fsync it, rename it into place and fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
 
 
 def _libc_renameat2():

@@ -11,8 +11,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 from rich.table import Table
 
 from sshpe import geometry
+from sshpe.atomic import atomic_write_text
 from sshpe.schema import COCO_SIGMAS, KeypointSchema, eval_channels
 
 log = logging.getLogger(__name__)
@@ -212,17 +211,8 @@ def build_results(
 
 
 def write_results(path: Path | str, results: list[dict]) -> None:
-    """Write a results list as JSON atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a results list as JSON atomically (temp file in the same folder + rename), honouring the umask."""
+    atomic_write_text(path, json.dumps(results))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ Metadata values are strings (safetensors' rule); structured values are JSON. Not
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from sshpe.atomic import atomic_path
 from sshpe.errors import quoted
 from sshpe.models import build_model
 from sshpe.recipe import Recipe
@@ -87,15 +87,10 @@ def fp32_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def export_model(net: torch.nn.Module, path: Path, recipe: Recipe, network: str) -> Path:
-    """Write one pose network (fp32, BN buffers included) with metadata, atomically."""
+    """Write one pose network (fp32, BN buffers included) with metadata, atomically, honouring the umask."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -13,20 +13,21 @@ from pathlib import Path
 
 import torch
 
+from sshpe.atomic import atomic_write_text
 from sshpe.checkpoint import (
-    atomic_write_text,
     load_checkpoint,
     load_teacher_weights,
     load_weights,
     plan_resume,
     save_checkpoint,
 )  # fmt: skip
-from sshpe.data.shard_writer import read_manifest
+from sshpe.data.shard_writer import read_manifest, source_file
 from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.evaluate import check_backend
 from sshpe.export import export_model
 from sshpe.nets import build_nets
+from sshpe.portable_paths import write_run_paths
 from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
 from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
@@ -185,10 +186,12 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     manifest = read_manifest(shards)
     jmap = check_data(recipe, manifest, shards)
     check_backend(recipe.eval.backend)
+    gt_file = source_file(manifest, shards, "val_annotations")  # resolved now: a missing GT fails before training
     sched = resolve_schedule(recipe, manifest, world)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        write_run_paths(run_dir, shards, gt_file)  # eval/export/predict find the data from anywhere, after a move
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     nets = build_nets(recipe)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sshpe.codec import decode_heatmaps, flip_back
+from sshpe.data.shard_writer import source_file
 from sshpe.evaluate import build_results, coco_keypoint_eval, heatmap_to_image, write_results
 from sshpe.pckh import pckh_table
 from sshpe.recipe import Recipe
@@ -84,7 +85,8 @@ def data_schema(manifest: dict, shards: Path | str = "shards") -> KeypointSchema
 
 
 def score_predictions(inst: dict[str, np.ndarray], recipe: Recipe, manifest: dict, out_dir: Path | None) -> dict:
-    """Score gathered predictions against the val split's ground truth named in the manifest.
+    """Score gathered predictions against the val split's ground truth named in the manifest (found at its absolute
+    path, else relative to the shard folder: `shard_writer.source_file`).
 
     PCKh when the manifest has a `val_pckh` source (MPII's gt_valid.mat; writes `pred.mat` into `out_dir`), else
     COCO keypoint AP: rescore, OKS-NMS, write official-format `results.json`, COCOeval (`eval.backend`).
@@ -92,10 +94,10 @@ def score_predictions(inst: dict[str, np.ndarray], recipe: Recipe, manifest: dic
     Returns:
         The 10 COCO stats, or the PCKh table (Head ... Ankle, Mean, Mean@0.1 in percent).
     """
-    data = data_schema(manifest, recipe.data.shards)
-    sources = manifest["sources"]
-    if "val_pckh" in sources:
-        return score_pckh(inst, recipe, data, Path(sources["val_pckh"]["path"]), out_dir)
+    shards = Path(recipe.data.shards)
+    data = data_schema(manifest, shards)
+    if "val_pckh" in manifest["sources"]:
+        return score_pckh(inst, recipe, data, source_file(manifest, shards, "val_pckh"), out_dir)
     results = build_results(
         inst["kpts"], inst["maxvals"], inst["image_id"], inst["scale"], inst["score"], recipe.schema,
         oks_thr=recipe.eval.oks_nms_thr, in_vis_thr=recipe.eval.in_vis_thr, data_schema=data,
@@ -103,7 +105,7 @@ def score_predictions(inst: dict[str, np.ndarray], recipe: Recipe, manifest: dic
     )  # fmt: skip
     if out_dir is not None:
         write_results(Path(out_dir) / "results.json", results)
-    gt = Path(sources["val_annotations"]["path"])
+    gt = source_file(manifest, shards, "val_annotations")
     return coco_keypoint_eval(gt, results, np.array(data.sigmas), backend=recipe.eval.backend)
 
 

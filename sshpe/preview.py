@@ -6,8 +6,6 @@ image mixing) with the joints mapped into that view. Building the columns is pur
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from sshpe.atomic import atomic_write_bytes
 from sshpe.augment.hard_affine import sample_hard_theta, theta_to_pixel, warp_normalized
 from sshpe.augment.mum import make_mix_mask, mix_tiles
 from sshpe.augment.ops import apply_ops
@@ -188,15 +187,7 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"{path}: OpenCV could not encode the preview as PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, buf.tobytes())
 
 
 def render_preview(recipe: Recipe, out: Path, *, n: int = 4, seed: int = 0) -> Path:

@@ -1,27 +1,26 @@
-"""What `sshpe eval`, `sshpe export` and `sshpe predict` do with files: find weights, rebuild networks, write
-outputs."""
+"""What `sshpe eval`, `sshpe export` and `sshpe predict` do with files: find weights and data, rebuild networks,
+write outputs."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from sshpe import geometry
+from sshpe.atomic import atomic_write_bytes, atomic_write_text
 from sshpe.checkpoint import load_teacher_weights, load_weights, loadable_checkpoint, verify_checkpoint
-from sshpe.codec import decode_heatmaps
+from sshpe.evaluate import rescore
 from sshpe.export import export_model, load_exported
-from sshpe.predict import predict_heatmaps
+from sshpe.portable_paths import candidates, first_existing, read_run_paths
 from sshpe.recipe import Recipe, RecipeError, load_recipe
-from sshpe.schema import flip_index_from_pairs
-from sshpe.views import normalize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+RELOCATE_HINT = "move runs/ and the data together (same relative layout), or pass --set data.shards=SHARD_DIR"
 
 
 def _run_recipe(run: Path, recipe: Path | None, overrides: list[str]) -> Recipe:
@@ -72,20 +71,44 @@ def export_run(run: Path, out: Path | None, checkpoint: Path | None, network: st
     return export_model(net, out or run / "export" / "model.safetensors", recipe, network)
 
 
+def model_file(path: Path) -> Path:
+    """The weights to run for `path`: the file itself, or a run folder's `final/model.safetensors` (exported from its
+    latest complete checkpoint into RUN/export/ when the run has not finished)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    final = path / "final" / "model.safetensors"
+    return final if final.is_file() else export_run(path, None, None, "auto")
+
+
+def _stored_shards(run: Path, stored: dict, overrides: list[str]) -> list[str]:
+    """Overrides that point `data.shards` at the shard folder the run trained on (found absolute first, then
+    relative to the run folder), unless the user overrides it."""
+    if any(o.split("=", 1)[0].strip() == "data.shards" for o in overrides):
+        return overrides
+    shards = first_existing(candidates(stored["shards"], run), f"{run}/paths.json: the shard folder", RELOCATE_HINT)
+    return [f"data.shards={json.dumps(str(shards))}", *overrides]
+
+
 def evaluate_model(
     model: Path, recipe_path: Path | None, overrides: list[str], split: str | None, results: Path | None
 ):
-    """COCO AP of an exported model or a run folder's final model on a recipe's val shards."""
-    from sshpe.data.shard_writer import read_manifest
+    """COCO AP of an exported model or a run folder's final model on a recipe's val shards.
+
+    A run folder's own recipe reads the shards and the val ground truth recorded when training started
+    (`paths.json`), so it works from any working directory and after moving runs/ and the data together.
+    """
+    from sshpe.data.shard_writer import read_manifest, source_file
     from sshpe.distributed import build_accelerator
     from sshpe.loop import evaluate_nets
 
-    model = Path(model)
+    model, overrides = Path(model), list(overrides)
     if model.is_dir():
+        stored = read_run_paths(model) if recipe_path is None else None
+        if stored is not None:
+            overrides = _stored_shards(model, stored, overrides)
         recipe = _run_recipe(model, recipe_path, overrides)
-        weights = model / "final" / "model.safetensors"
-        if not weights.is_file():
-            weights = export_run(model, None, None, "auto")
+        weights = model_file(model)
     else:
         if recipe_path is None:
             raise RecipeError(f"{model}: evaluating a bare model file needs --recipe (it names the val shards)")
@@ -94,11 +117,13 @@ def evaluate_model(
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"val_split": split})})
     accelerator = build_accelerator(recipe)
     net, _ = load_exported(weights, accelerator.device)
-    manifest = read_manifest(Path(recipe.data.shards))
+    shards = Path(recipe.data.shards)
+    manifest = read_manifest(shards)
     if recipe.data.val_split not in manifest["splits"]:
         raise RecipeError(
             f"{recipe.data.shards}: no split {recipe.data.val_split!r} (has {sorted(manifest['splits'])})"
         )
+    source_file(manifest, shards, "val_annotations")  # the ground truth, found before any prediction runs
     out_dir = results.parent if results else None
     stats = evaluate_nets(net, recipe, accelerator, manifest, out_dir)
     if results and out_dir and (out_dir / "results.json") != results:
@@ -107,81 +132,127 @@ def evaluate_model(
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
+    """Image files of the inputs (folders: their images, not recursive), in order, each file once."""
+    files: dict[Path, Path] = {}
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
-            files.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"{p}: no such image or folder")
+        for f in found:
+            files.setdefault(f.resolve(), f)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {[str(p) for p in paths]}")
-    return files
+    return list(files.values())
 
 
-def _boxes_for(path: Path, img: np.ndarray, boxes: dict | None) -> list[tuple[list[float], float]]:
-    if boxes is None or path.name not in boxes:
-        h, w = img.shape[:2]
-        return [([0.0, 0.0, float(w), float(h)], 1.0)]
-    return [(b["bbox"], float(b.get("score", 1.0))) for b in boxes[path.name]]
+def overlay_names(files: list[Path]) -> list[str]:
+    """Output name of each input's overlay, all different: `<stem>_pose.jpg` under the input's folder relative to
+    the folder all inputs share (`a/same.jpg`, `b/same.jpg` -> `a/same_pose.jpg`, `b/same_pose.jpg`); a name taken
+    already (same stem, another extension) gets `-2`, `-3`, ..."""
+    parents = [f.resolve().parent for f in files]
+    common = Path(os.path.commonpath(parents))
+    names: list[str] = []
+    for f, parent in zip(files, parents):
+        stem = (parent.relative_to(common) / f"{f.stem}_pose").as_posix()
+        name, n = f"{stem}.jpg", 2
+        while name in names:
+            name, n = f"{stem}-{n}.jpg", n + 1
+        names.append(name)
+    return names
 
 
-@torch.no_grad()
-def predict_images(model: Path, images: list[Path], out: Path, boxes_file: Path | None, overlay: bool) -> Path:
-    """Keypoints of every person box of every image -> `out/keypoints.json` (+ overlays)."""
-    net, meta = load_exported(model)
-    h_in, w_in = meta["input_size"]
-    schema = meta["schema"]
-    flip_index = (
-        flip_index_from_pairs(len(schema["names"]), schema["flip_pairs"]) if meta["decode"]["flip_test"] else None
-    )
-    boxes = None
-    if boxes_file is not None:
-        boxes = {}
-        for b in json.loads(Path(boxes_file).read_text()):
-            boxes.setdefault(b["file_name"], []).append(b)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in _image_files(images):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if img is None:
-            raise ValueError(f"{path}: not a readable image")
-        rgb = torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None].float()
-        people = []
-        for bbox, score in _boxes_for(path, img, boxes):
-            c, s = geometry.box_to_center_scale(tuple(bbox), w_in / h_in)
-            c_t, s_t = torch.tensor(c)[None], torch.tensor(s)[None]
-            m = geometry.crop_matrix(c_t, s_t[:, 0], torch.zeros(1, dtype=torch.float64), (w_in, h_in))
-            crop = normalize(
-                geometry.warp_images(rgb, m.float(), (h_in, w_in)), meta["mean"], meta["std"], meta["color"]
-            )
-            hm = predict_heatmaps(net, crop, flip_index, meta["decode"]["shift_heatmap"])
-            k_hm, maxv = decode_heatmaps(hm, mode=meta["decode"]["mode"])
-            hm_m = geometry.crop_matrix(
-                c_t, s_t[:, 0], torch.zeros(1, dtype=torch.float64), (hm.shape[-1], hm.shape[-2])
-            )
-            k_img = geometry.apply_affine(geometry.invert(hm_m), k_hm.double())[0].numpy()
-            kp = np.concatenate([k_img, maxv[0].double().numpy()[:, None]], 1)
-            people.append({"bbox": list(map(float, bbox)), "box_score": score, "keypoints": kp.round(2).tolist()})
-            if overlay:
-                _draw(img, kp, schema["skeleton"])
-        records.append({"file": str(path), "people": people})
-        if overlay:
-            cv2.imwrite(str(out / f"{path.stem}_pose.jpg"), img)
-    dest = out / "keypoints.json"
-    tmp = dest.with_name(".keypoints.json.tmp")
-    tmp.write_text(json.dumps({"keypoint_names": schema["names"], "images": records}, indent=1))
-    os.replace(tmp, dest)
-    return dest
+@dataclass(frozen=True)
+class Predictions:
+    """What `predict_images` wrote: `path` (keypoints.json), image and person counts, and notes on boxes left out."""
+
+    path: Path
+    images: int
+    people: int
+    notes: list[str]
 
 
-def _draw(img: np.ndarray, kp: np.ndarray, skeleton: list[list[int]], thr: float = 0.2) -> None:
-    for a, b in skeleton:
-        if kp[a, 2] > thr and kp[b, 2] > thr:
-            cv2.line(
-                img, tuple(int(v) for v in kp[a, :2]), tuple(int(v) for v in kp[b, :2]), (0, 200, 255), 2, cv2.LINE_AA
-            )
-    for x, y, s in kp:
-        if s > thr:
-            cv2.circle(img, (int(x), int(y)), 3, (0, 255, 0), -1, cv2.LINE_AA)
+def predict_images(
+    model: Path,
+    images: list[Path],
+    out: Path,
+    boxes_file: Path | None = None,
+    overlay: bool = True,
+    *,
+    image_info: Path | None = None,
+    whole_image: bool = False,
+    score_thr: float = 0.0,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> Predictions:
+    """Keypoints of every person box of every image -> `out/keypoints.json` (+ overlays), batched on `device`.
+
+    Args:
+        model: exported model file or run folder.
+        images: image files or folders.
+        boxes_file: person boxes (`sshpe.boxes.read_boxes`: COCO detection results with `image_info`, or
+            {file_name, bbox, score} entries); None: the whole image is the person box.
+        whole_image: with `boxes_file`, images it does not name use the whole image (else that is an error).
+        score_thr: boxes scored below it are left out.
+
+    Raises:
+        ValueError: a malformed boxes entry (file and entry index), input images the boxes file does not name (all
+            listed before any inference), an unreadable image.
+    """
+    from sshpe.boxes import match_images, read_boxes
+    from sshpe.infer import check_boxes, load_model, read_rgb
+    from sshpe.overlay import draw_person
+    from sshpe.schema import joint_sides
+
+    files = _image_files(images)
+    boxes = read_boxes(boxes_file, image_info, score_thr) if boxes_file is not None else None
+    matched = match_images(files, list(boxes.by_name), boxes.path) if boxes is not None else {}
+    missing = [f for f in files if boxes is not None and matched[f] is None]
+    if missing and not whole_image:
+        raise ValueError(
+            f"{len(missing)} input image(s) have no entry in {boxes_file}: {', '.join(map(str, missing[:5]))}"
+            f"{' ...' if len(missing) > 5 else ''}; check the file names (or --image-info), or pass --whole-image to "
+            "use the whole image as the person box of those"
+        )
+    pose = load_model(model, device, batch_size)
+    schema = pose.meta["schema"]
+    sides = joint_sides(schema["names"], schema["flip_pairs"])
+    names = overlay_names(files) if overlay else [None] * len(files)
+
+    def jobs():
+        for f, name in zip(files, names):
+            rgb = read_rgb(f)
+            kept = boxes.by_name[matched[f]] if boxes is not None and matched[f] is not None else None
+            bbox = check_boxes([p.bbox for p in kept] if kept is not None else None, rgb.shape[:2], str(f))
+            scores = np.array([p.score for p in kept] if kept is not None else [1.0])
+            yield (f, name, rgb, bbox, scores), rgb, bbox
+
+    records, n_people = [], 0
+    for (f, name, rgb, bbox, box_scores), kpts in pose.predict_stream(jobs()):
+        if not np.isfinite(kpts).all():
+            raise ValueError(f"{f}: the model gave non-finite keypoints; the model file may be damaged (export again)")
+        scores = rescore(kpts[..., 2], box_scores)
+        people = [
+            {"bbox": [round(float(v), 2) for v in b], "box_score": float(s), "score": round(float(p), 4),
+             "keypoints": k.round(2).tolist()}
+            for b, s, p, k in zip(bbox, box_scores, scores, kpts)
+        ]  # fmt: skip
+        rec = {"file": str(f), "width": rgb.shape[1], "height": rgb.shape[0]}
+        if boxes is not None and matched[f] in boxes.image_ids:
+            rec["image_id"] = boxes.image_ids[matched[f]]
+        records.append(rec | {"overlay": name, "people": people})
+        n_people += len(people)
+        if name is not None:
+            img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            for p in people:
+                draw_person(img, np.array(p["keypoints"]), p["bbox"], p["box_score"], p["score"], schema["skeleton"],
+                            sides)  # fmt: skip
+            ok, buf = cv2.imencode(".jpg", img)
+            if not ok:
+                raise RuntimeError(f"{f}: OpenCV could not encode the overlay as JPEG")
+            atomic_write_bytes(Path(out) / name, buf.tobytes())
+    doc = {"model": str(model), "keypoint_names": schema["names"], "images": records}
+    dest = atomic_write_text(Path(out) / "keypoints.json", json.dumps(doc, indent=1, allow_nan=False))
+    return Predictions(dest, len(records), n_people, boxes.notes if boxes is not None else [])

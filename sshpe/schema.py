@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -112,6 +113,23 @@ def flip_index_from_pairs(num_joints: int, flip_pairs) -> list[int]:
     for a, b in flip_pairs:
         perm[a], perm[b] = b, a
     return perm
+
+
+_SIDE_WORDS = {"left": "left", "l": "left", "right": "right", "r": "right"}
+
+
+def joint_sides(names: Sequence[str], flip_pairs: Iterable[Sequence[int]]) -> list[str]:
+    """Per joint "left", "right" or "centre", for drawing: a side word in the name (`left_knee`, `r_ankle`) decides;
+    a flip-paired joint without one takes "left" for the first of its pair and "right" for the second; joints in no
+    pair and without a side word are "centre"."""
+    sides = ["centre"] * len(names)
+    for a, b in flip_pairs:
+        sides[a], sides[b] = "left", "right"
+    for i, name in enumerate(names):
+        words = [_SIDE_WORDS[w] for w in re.split(r"[^a-z]+", name.lower()) if w in _SIDE_WORDS]
+        if words:
+            sides[i] = words[0]
+    return sides
 
 
 # ---------------------------------------------------------------------------------------------------------------

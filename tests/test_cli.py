@@ -74,6 +74,6 @@ def test_predict_uses_flip_test_from_metadata(tmp_path):
         recipe = smoke_recipe(tmp_path, f"eval.flip_test={str(flip).lower()}")
         model = export_model(net, tmp_path / f"m{flip}.safetensors", recipe, "student")
         out = predict_images(model, [tmp_path / "a.png"], tmp_path / f"p{flip}", None, overlay=False)
-        kpts[flip] = np.array(json.loads(out.read_text())["images"][0]["people"][0]["keypoints"])
+        kpts[flip] = np.array(json.loads(out.path.read_text())["images"][0]["people"][0]["keypoints"])
     assert kpts[False].shape == kpts[True].shape == (17, 3)
     assert not np.allclose(kpts[False], kpts[True])  # the flipped pass changed the averaged heatmaps

@@ -105,7 +105,7 @@ def write_shard_folder(
                                 skip_invalid=skip_invalid, progress=progress)  # fmt: skip
             entry["skipped"] = _add_counts(skipped, entry["skipped"])
             entries[split] = entry
-        new_sources = {name: source_entry(name, path) for name, path in sources.items()}
+        new_sources = {name: source_entry(name, path, out) for name, path in sources.items()}
         kept: dict[str, dict] = {}
         if keep_other_splits and old is not None:
             kept = {s: e for s, e in old["splits"].items() if s not in entries}

@@ -59,6 +59,7 @@ class SplitEntry(_Strict):
 
 class SourceEntry(_Strict):
     path: str = Field(description="absolute path of the source file")
+    relative: str | None = Field(None, description="its path relative to the shard folder (absent in older manifests)")
     sha256: str = Field(pattern=_SHA256, description="sha256 of the source file")
 
 

@@ -21,6 +21,7 @@ from sshpe import geometry
 from sshpe.data.coco import Instance, Invalid
 from sshpe.data.shard_format import MANIFEST_FORMAT, ShardFormatError, validate_manifest
 from sshpe.parallel import ordered_map
+from sshpe.portable_paths import candidates, first_existing, portable
 from sshpe.schema import KeypointSchema
 
 MANIFEST_NAME = "manifest.json"
@@ -308,6 +309,26 @@ def read_manifest(shard_dir: Path) -> dict:
     return validate_manifest(raw, path)
 
 
+def source_candidates(manifest: dict, shard_dir: Path, name: str) -> list[Path]:
+    """Where the manifest's source file `name` may be now: its absolute path, then its path relative to the shard
+    folder (manifests written before relative paths were stored have only the first)."""
+    if name not in manifest["sources"]:
+        raise ValueError(
+            f"{Path(shard_dir) / MANIFEST_NAME} has no sources.{name} (has {sorted(manifest['sources'])}); "
+            "re-run `sshpe shard` with the annotation file"
+        )
+    return candidates(manifest["sources"][name], shard_dir)
+
+
+def source_file(manifest: dict, shard_dir: Path, name: str) -> Path:
+    """The manifest's source file `name` (e.g. `val_annotations`), found absolute first, then relative to the shard
+    folder; the error names both."""
+    return first_existing(
+        source_candidates(manifest, shard_dir, name), f"{Path(shard_dir) / MANIFEST_NAME}: sources.{name}",
+        "move the file back, move it together with the shard folder, or re-run `sshpe shard`",
+    )  # fmt: skip
+
+
 def check_compatible(old: dict, path: Path, *, dataset: str, input_hw: tuple[int, int], canvas: int,
                      schema: KeypointSchema) -> None:  # fmt: skip
     """Refuse to mix splits of different datasets, canvas geometry or keypoint schemas in one folder."""
@@ -332,7 +353,7 @@ def manifest_dict(
     sources: dict[str, dict],
 ) -> dict:
     """The manifest of a folder holding `splits` (entries from `write_split`) made from `sources` ({name: {path,
-    sha256}}); validated like a manifest that is read."""
+    relative, sha256}}, `source_entry`); validated like a manifest that is read."""
     h, w = int(input_hw[0]), int(input_hw[1])
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -352,12 +373,13 @@ def manifest_dict(
     return validate_manifest(manifest, Path(MANIFEST_NAME))
 
 
-def source_entry(name: str, path: Path) -> dict:
-    """{path, sha256} of one source file (absolute path)."""
+def source_entry(name: str, path: Path, shard_dir: Path) -> dict:
+    """{path, relative, sha256} of one source file: its absolute path and its path relative to the shard folder
+    (found again when both move together, `source_file`)."""
     src = Path(path).resolve()
     if not src.is_file():
         raise FileNotFoundError(f"source {name!r}: {src} does not exist")
-    return {"path": str(src), "sha256": sha256_file(src)}
+    return portable(src, shard_dir) | {"sha256": sha256_file(src)}
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
