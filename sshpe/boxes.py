@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sshpe.data.coco import PERSON_CATEGORY, _read_json
+from sshpe.data.coco import PERSON_CATEGORY, read_json
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def _normal_name(name: str) -> str:
 
 def _image_names(image_info: Path) -> dict[int, str]:
     """COCO image id -> file name from any COCO file with an `images` array."""
-    data = _read_json(image_info, "image-info file")
+    data = read_json(image_info, "image-info file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{image_info}: no 'images' array; pass a COCO file with images (person_keypoints_*.json)")
     names = {}
@@ -78,7 +78,7 @@ def read_boxes(path: Path, image_info: Path | None = None, score_thr: float = 0.
             `file_name` and `image_id`, has a malformed bbox or score, or an `image_id` the image-info file lacks.
     """
     path = Path(path)
-    entries = _read_json(path, "boxes file")
+    entries = read_json(path, "boxes file")
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of {{file_name or image_id, bbox, score}} entries")
     names = _image_names(Path(image_info)) if image_info is not None else None
