@@ -197,8 +197,9 @@ def train(
     init_from: Annotated[
         Optional[Path],
         typer.Option(
-            help="start from these weights (checkpoint folder or student.safetensors): fresh optimizer, "
-            "continuing its step count; works across world sizes and engines"
+            help="start from these weights (default: the recipe's model.init_from): a checkpoint folder or its "
+            "student.safetensors (continuing its step count), or a model file from `sshpe export` / "
+            "`sshpe import-weights`; fresh optimizer; a head with another keypoint count is re-initialised"
         ),
     ] = None,
 ) -> None:

@@ -38,11 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sshpe.atomic import honour_umask
 from sshpe.durable import fsync_path, fsync_tree
 from sshpe.errors import is_disk_full, quoted
+from sshpe.export import FORMAT as MODEL_FORMAT
 from sshpe.export import WeightsFileError, fp32_state, model_metadata, read_safetensors
 
 COMPLETE = "COMPLETE"
@@ -153,8 +155,34 @@ def _write_checkpoint(accelerator, tmp: Path, step: int, student, teacher, recip
     info = {"step": step, **engine_info(accelerator), "mixed_precision": recipe.train.mixed_precision,
             "grad_accum": recipe.train.grad_accum, "recipe_hash": recipe.hash()}  # fmt: skip
     (tmp / TRAINER_STATE).write_text(json.dumps(info, indent=1))
+    _share_model_file(tmp)
     honour_umask(tmp)  # accelerate's and our safetensors files are created 0600
     fsync_tree(tmp)
+
+
+ACCELERATE_MODEL = "model.safetensors"  # accelerate's save_state copy of the prepared (DDP) model
+
+
+def _share_model_file(folder: Path) -> None:
+    """Store the weights once: under DDP, accelerate's model.safetensors holds exactly the tensors of
+    student.safetensors (same names, dtypes and shapes; only our metadata differs), so it becomes a hard link to
+    student.safetensors (accelerate's `load_state` reads the tensors and ignores metadata). DeepSpeed checkpoints
+    (ZeRO shards instead of model.safetensors), other layouts and file systems without hard links keep both."""
+    theirs, ours = folder / ACCELERATE_MODEL, folder / STUDENT
+    if not theirs.is_file() or _tensor_layout(theirs) != _tensor_layout(ours):
+        return
+    linked = folder / f".{ACCELERATE_MODEL}.link"
+    try:
+        os.link(ours, linked)
+    except OSError:
+        return
+    os.replace(linked, theirs)
+
+
+def _tensor_layout(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} from a safetensors header (no tensor data read)."""
+    with safe_open(str(path), framework="pt") as f:
+        return {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
 
 
 def _disk_full(err: BaseException, where: Path) -> bool:
@@ -338,28 +366,40 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(str(err)) from None
 
 
-def load_weights(path: Path, nets: torch.nn.Module) -> int:
-    """Weights-only start: load a consolidated student container into `nets` (before `prepare`).
+def load_weights(path: Path, nets: torch.nn.Module, notes: list[str] | None = None) -> int:
+    """Weights-only start: load weights into a fresh student container (before `prepare`).
 
     Args:
-        path: a checkpoint folder (its student.safetensors) or a .safetensors file written by `save_checkpoint`.
+        path: a checkpoint folder (its student.safetensors), a .safetensors container written by `save_checkpoint`,
+            or a single-network model file (`sshpe export`, `sshpe import-weights`), which seeds every network of
+            the container. A final layer whose keypoint count differs from the recipe's (say COCO-17 weights for
+            a union24 or a custom head) keeps its fresh initialisation.
         nets: the freshly built `PoseNets` student container.
+        notes: receives one line per adaptation made (head re-initialised, one network copied to several).
 
     Returns:
-        The step to continue from: trainer_state.json's step next to the weights, else 0.
+        The step to continue from: trainer_state.json's step next to a checkpoint's weights, else 0.
     """
     path = Path(path)
     file = path / STUDENT if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(
-            f"{file}: no consolidated weights; --init-from takes a checkpoint folder (step-XXXXXX/) or its {STUDENT}"
+            f"{file}: no weights; --init-from takes a checkpoint folder (step-XXXXXX/), its {STUDENT}, or a model "
+            "file from `sshpe export` / `sshpe import-weights`"
         )
     state, meta = _read_weights(file)
-    if meta.get("format") != FORMAT:
+    notes = [] if notes is None else notes
+    if meta.get("format") == MODEL_FORMAT:
+        n = len(nets.nets)
+        state = {f"nets.{i}.{k}": v for i in range(n) for k, v in state.items()}
+        if n > 1:
+            notes.append(f"{file} holds one network; all {n} networks of the container start from it")
+    elif meta.get("format") != FORMAT:
         raise ValueError(
-            f"{file}: not an sshpe checkpoint container (metadata format {quoted(meta.get('format'))}, expected "
-            f"{FORMAT!r}); exported single-network model files cannot seed a training container"
+            f"{file}: not an sshpe checkpoint container or model file (metadata format {quoted(meta.get('format'))}, "
+            f"expected {FORMAT!r} or {MODEL_FORMAT!r}); convert official weights with `sshpe import-weights`"
         )
+    state, dropped = _fit_head(state, nets.state_dict(), meta, file, notes)
     try:
         missing, unexpected = nets.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches raise even when strict=False
@@ -367,12 +407,29 @@ def load_weights(path: Path, nets: torch.nn.Module) -> int:
             f"{file} does not fit this recipe's model (arch {quoted(meta.get('arch'))}): "
             f"{str(err).strip().splitlines()[-1][:160]}; use a recipe with the same model and teacher kind"
         ) from None
+    missing = [k for k in missing if k not in dropped]
     if missing or unexpected:
         raise ValueError(
-            f"{file} does not fit this recipe's model (arch {meta.get('arch')}, {meta.get('num_nets')} network(s)): "
+            f"{file} does not fit this recipe's model (arch {meta.get('arch')}, {meta.get('num_nets', 1)} network(s)): "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}; use a recipe with the same model and teacher kind"
         )
-    return int(read_trainer_state(path).get("step", 0))
+    return int(read_trainer_state(path).get("step", 0)) if meta.get("format") == FORMAT else 0
+
+
+def _fit_head(state: dict, own: dict, meta: dict, file: Path, notes: list[str]) -> tuple[dict, set[str]]:
+    """Drop the final-layer tensors whose keypoint count differs from the model's (they keep their fresh init);
+    any other shape difference is left for `load_state_dict` to report. Returns the state and the dropped keys."""
+    k_file = int(meta.get("num_joints", -1))
+    differ = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    head = [k for k in differ if state[k].shape[0] == k_file and state[k].shape[1:] == own[k].shape[1:]]
+    if not head or len(head) != len(differ):
+        return state, set()
+    k_model = own[head[0]].shape[0]
+    notes.append(
+        f"{file}: {k_file} keypoints, the recipe's head has {k_model}: the final layer ({len(head)} tensors) is "
+        "re-initialised, every other weight is loaded"
+    )
+    return {k: v for k, v in state.items() if k not in head}, set(head)
 
 
 def load_teacher_weights(path: Path, teacher: torch.nn.Module | None) -> bool:

@@ -7,6 +7,7 @@ DeepSpeed bf16/fp16 engines break BatchNorm (ECOSYSTEM_NOTES 1.2).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -137,8 +138,12 @@ def _require_deepspeed(choice: EngineChoice) -> None:
         ) from None
 
 
-def build_accelerator(recipe):
-    """Build the Accelerator a recipe asks for (works unchanged under `accelerate launch` and `torchrun`)."""
+def build_accelerator(recipe, project_dir: Path | None = None):
+    """Build the Accelerator a recipe asks for (works unchanged under `accelerate launch` and `torchrun`).
+
+    Args:
+        project_dir: where the recipe's trackers (`train.trackers`) write; None for no trackers (eval, predict).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -146,13 +151,16 @@ def build_accelerator(recipe):
     choice = resolve_engine(recipe)
     check_engine(recipe, cuda=cuda, world_size=_world_size_env(), choice=choice)
     t = recipe.train
+    track = dict(log_with=available_trackers(t.trackers), project_dir=str(project_dir)) if project_dir else {}
     if choice.engine == "deepspeed":
         from accelerate.utils import DeepSpeedPlugin
 
         _require_deepspeed(choice)
         _allow_deepspeed_without_transformers()
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, choice))
-        acc = Accelerator(mixed_precision="no", deepspeed_plugin=plugin, gradient_accumulation_steps=t.grad_accum)
+        acc = Accelerator(
+            mixed_precision="no", deepspeed_plugin=plugin, gradient_accumulation_steps=t.grad_accum, **track
+        )
     else:
         ddp = DistributedDataParallelKwargs(find_unused_parameters=False, broadcast_buffers=True)
         acc = Accelerator(
@@ -160,8 +168,74 @@ def build_accelerator(recipe):
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.grad_accum,
             kwargs_handlers=[ddp],
+            **track,
         )
+    check_launch(acc, recipe, cuda=cuda)
     return acc
+
+
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+    "comet_ml": ("comet_ml",), "aim": ("aim",), "clearml": ("clearml",), "dvclive": ("dvclive",),
+}  # fmt: skip
+
+
+def available_trackers(names) -> list[str]:
+    """The recipe's trackers whose package is installed (TensorBoard, the default, is skipped silently when it is
+    not; the others are checked at `recipe check`)."""
+    return [n for n in names if any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES[n])]
+
+
+_CPU_MULTI = (
+    "on CPU, run `torchrun --nproc_per_node N -m sshpe._cli.app train RECIPE --set distributed.cpu=true` (gloo; "
+    "docs/scaling.md)"
+)
+
+
+def check_launch(acc, recipe, *, cuda: bool, env: dict | None = None) -> None:
+    """Refuse a launch whose processes would not form the job the launcher started (issue 14).
+
+    A launcher's view (`WORLD_SIZE`, `RANK`, `LOCAL_RANK` from torchrun / `accelerate launch`) must equal the
+    Accelerator's. When they differ every process trains alone as a world-size-1 run on the same run folder: on a
+    machine without CUDA when `distributed.cpu` is off, or under an accelerate config written for other hardware.
+    `accelerate launch --cpu --num_processes N` (N > 1) starts a single process without `WORLD_SIZE` (it exports
+    only `MASTER_ADDR`); that is refused too, since the user asked for N.
+
+    Raises:
+        EngineError: naming both views and the fix.
+    """
+    env = os.environ if env is None else env
+    launcher = {k: int(env[k]) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if str(env.get(k, "")).isdigit()}
+    ours = {"WORLD_SIZE": acc.num_processes, "RANK": acc.process_index, "LOCAL_RANK": acc.local_process_index}
+    differs = {k: (v, ours[k]) for k, v in launcher.items() if v != ours[k]}
+    if differs:
+        what = ", ".join(f"{k}={a} but the trainer sees {b}" for k, (a, b) in differs.items())
+        if not cuda and not recipe.distributed.cpu:
+            fix = f"this machine has no CUDA device; add `--set distributed.cpu=true`, or {_CPU_MULTI}"
+        elif cuda and _int(env, "LOCAL_WORLD_SIZE") > torch.cuda.device_count():
+            fix = (
+                f"the launcher starts {_int(env, 'LOCAL_WORLD_SIZE')} processes on a machine with "
+                f"{torch.cuda.device_count()} GPU(s); use an accelerate config (num_processes, num_machines) or "
+                "torchrun --nproc_per_node written for this machine"
+            )
+        else:
+            fix = "check that the accelerate config / torchrun arguments match this machine (docs/scaling.md)"
+        raise EngineError(
+            f"the launcher started a {launcher.get('WORLD_SIZE', '?')}-process job ({what}): each process would "
+            f"train alone on the same run folder; {fix}"
+        )
+    single_cpu = str(env.get("ACCELERATE_USE_CPU", "")).lower() in ("true", "1") and "WORLD_SIZE" not in env
+    if single_cpu and env.get("MASTER_ADDR") and acc.num_processes == 1:
+        raise EngineError(
+            "`accelerate launch --cpu --num_processes N` starts one process, not N (it sets MASTER_ADDR but no "
+            f"WORLD_SIZE); {_CPU_MULTI}, or drop --num_processes for a single process (unset MASTER_ADDR if "
+            "you exported it yourself)"
+        )
+
+
+def _int(env, key: str) -> int:
+    value = str(env.get(key, ""))
+    return int(value) if value.isdigit() else 0
 
 
 def engine_info(accelerator) -> dict:

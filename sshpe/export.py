@@ -55,8 +55,11 @@ def read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[di
     return state, meta
 
 
-def model_metadata(recipe: Recipe, network: str) -> dict[str, str]:
-    """Everything `sshpe predict` needs besides the weights."""
+def model_metadata(recipe: Recipe, network: str, provenance: dict | None = None) -> dict[str, str]:
+    """Everything `sshpe predict` needs besides the weights, and where the weights come from: the sshpe version,
+    the recipe's name and hash, and `provenance` (the training step, the validation score, ...)."""
+    from sshpe import __version__
+
     d, m, e = recipe.data, recipe.model, recipe.eval
     meta = {
         "format": FORMAT,
@@ -75,6 +78,8 @@ def model_metadata(recipe: Recipe, network: str) -> dict[str, str]:
         "recipe_name": recipe.name,
         "recipe_hash": recipe.hash(),
         "network": network,
+        "sshpe_version": __version__,
+        **(provenance or {}),
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
@@ -86,11 +91,14 @@ def fp32_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def export_model(net: torch.nn.Module, path: Path, recipe: Recipe, network: str) -> Path:
-    """Write one pose network (fp32, BN buffers included) with metadata, atomically, honouring the umask."""
+def export_model(
+    net: torch.nn.Module, path: Path, recipe: Recipe, network: str, provenance: dict | None = None
+) -> Path:
+    """Write one pose network (fp32, BN buffers included) with metadata (`model_metadata`; `provenance` e.g.
+    {"step": 1250, "val_AP": 0.465}), atomically, honouring the umask."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network))
+        save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network, provenance))
     return path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,12 @@ import torch
 
 from sshpe.atomic import atomic_write_text
 from sshpe.checkpoint import (
+    complete_checkpoints,
     load_checkpoint,
     load_teacher_weights,
     load_weights,
     plan_resume,
+    read_trainer_state,
     save_checkpoint,
 )  # fmt: skip
 from sshpe.data.shard_writer import read_manifest, source_file
@@ -30,7 +33,7 @@ from sshpe.nets import build_nets
 from sshpe.portable_paths import write_run_paths
 from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
-from sshpe.recipe import Recipe, RecipeError, dump_recipe, parse_duration
+from sshpe.recipe import Recipe, RecipeError, check_resume_recipe, dump_recipe, load_recipe, parse_duration
 from sshpe.run_lock import run_lock
 from sshpe.schema import eval_channels, joint_map
 from sshpe.step import remap_labels, train_step
@@ -167,13 +170,14 @@ def fit(recipe: Recipe, run_dir: Path, *, resume: bool | Path = True, init_from:
         resume: True picks the latest complete checkpoint in run_dir whose files load (if any), a Path resumes
             from that checkpoint, False starts fresh (refusing to overwrite a run folder that has checkpoints). A
             checkpoint from another world size or engine resumes weights-only (`sshpe.checkpoint.plan_resume`).
-        init_from: when run_dir has no checkpoint yet, start from these weights (a checkpoint folder or its
-            student.safetensors) with a fresh optimizer, continuing its step count.
+        init_from: when run_dir has no checkpoint yet, start from these weights (default: `model.init_from`): a
+            checkpoint folder or its student.safetensors (continuing its step count), or a model file from
+            `sshpe export` / `sshpe import-weights` (from step 0); always with a fresh optimizer.
 
     Raises:
         CheckpointError: another process is training into `run_dir` (`sshpe.run_lock`), or no checkpoint loads.
     """
-    accelerator = build_accelerator(recipe)
+    accelerator = build_accelerator(recipe, project_dir=Path(run_dir) / "tb")
     with run_lock(Path(run_dir), accelerator):
         return _fit(accelerator, recipe, Path(run_dir), resume, init_from)
 
@@ -188,16 +192,32 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     check_backend(recipe.eval.backend)
     gt_file = source_file(manifest, shards, "val_annotations")  # resolved now: a missing GT fails before training
     sched = resolve_schedule(recipe, manifest, world)
+    stored = run_dir / "recipe.yaml"
+    resuming = resume is not False and stored.is_file() and bool(complete_checkpoints(ckpt_root))
+    notes = check_resume_recipe(load_recipe(stored), recipe, stored) if resuming else []
+    init_from = init_from or recipe.model.init_from
+    plan = plan_resume(ckpt_root, resume, init_from, engine_info(accelerator))
+    done = _finished(run_dir, plan, sched.total) if resuming else None
+    log = RunLog(run_dir, accelerator)
+    if done is not None:
+        log.line(
+            f"{run_dir} is finished (step {sched.total} of {sched.total}; final stats in {run_dir}/final/stats.json):"
+            " nothing to do. Extend train.duration to train on, or train into a new folder (--out)"
+        )
+        return done
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+    for note in notes:
+        log.line(note)
+    if accelerator.is_main_process:
+        atomic_write_text(stored, dump_recipe(recipe))
         write_run_paths(run_dir, shards, gt_file)  # eval/export/predict find the data from anywhere, after a move
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     nets = build_nets(recipe)
     # weights-only starts load before `prepare`: ZeRO-1/2 keeps its own fp32 copies made at prepare time
-    plan = plan_resume(ckpt_root, resume, init_from, engine_info(accelerator))
-    start = load_weights(plan.path, nets) if plan is not None and not plan.exact else 0
+    weight_notes: list[str] = []
+    start = load_weights(plan.path, nets, weight_notes) if plan is not None and not plan.exact else 0
     nets = maybe_sync_batchnorm(nets, recipe, accelerator)
     if recipe.model.channels_last:
         nets = nets.to(memory_format=torch.channels_last)
@@ -214,7 +234,7 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     if plan is not None and plan.exact:
         start = load_checkpoint(accelerator, plan.path, teacher)
     if plan is not None:
-        accelerator.print(plan.message)
+        log.line("\n".join([plan.message, *weight_notes]))
     last_ckpt = plan.path if plan is not None else None
 
     t = recipe.train
@@ -229,8 +249,8 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
         num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum,
     )) if semi else None  # fmt: skip
 
-    metrics = MetricsLog(run_dir, accelerator.is_main_process)
-    progress = _progress(accelerator, t.progress, sched.total, start)
+    metrics = MetricsLog(run_dir, accelerator, recipe, start)
+    progress = _progress(accelerator, t.progress, sched.total, start, log)
     gen = torch.Generator(device=accelerator.device)
     last_log_step, window_t0, data_wait, seen = start, time.perf_counter(), 0.0, 0
     stats: dict = {}
@@ -293,7 +313,7 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
 
         if itstime(step1, sched.eval_every) and step1 != sched.total:
             stats = _eval_and_log(
-                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics, step1
+                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics, step1, log
             )
             _set_modes(raw, teacher, recipe)
         window_t0 += time.perf_counter() - t_side
@@ -304,11 +324,11 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     sync_bn_buffers(accelerator, raw, teacher)
     if sched.total > start:
         save_checkpoint(accelerator, ckpt_root, sched.total, student, teacher, recipe, t.keep_last)
-    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics, sched.total)
+    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics, sched.total, log)
     if accelerator.is_main_process:
         net, name = eval_network(recipe, raw, teacher)
-        export_model(net, run_dir / "final" / "model.safetensors", recipe, name)
-    metrics.close()
+        provenance = {"step": sched.total} | {f"val_{k}": v for k, v in stats.items() if k in ("AP", "Mean")}
+        export_model(net, run_dir / "final" / "model.safetensors", recipe, name, provenance)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return stats
@@ -325,7 +345,9 @@ def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
     return raw.nets[0], "student"
 
 
-def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics: MetricsLog, step: int) -> dict:
+def _eval_and_log(
+    recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics: MetricsLog, step: int, log: RunLog
+) -> dict:
     sync_bn_buffers(accelerator, raw, teacher)  # every rank scores the same network
     net, name = eval_network(recipe, raw, teacher)
     if recipe.teacher.kind == "dual" and recipe.teacher.eval_net == "ensemble":
@@ -339,6 +361,7 @@ def _eval_and_log(recipe, accelerator, raw, teacher, manifest, out_dir: Path, me
     with accelerator.autocast():
         stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
     metrics.write({"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()})
+    log.line(f"eval step {step} ({name}): " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     if accelerator.is_main_process:
         (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     return stats
@@ -353,40 +376,87 @@ def _set_modes(nets, teacher, recipe: Recipe) -> None:
 
 
 class MetricsLog:
-    """Rank 0's metrics: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard (`tb/`) when the
-    `tensorboard` package is installed."""
+    """Rank 0's metrics: one JSON object per line in `metrics.jsonl` (with a unix `time`), mirrored to the recipe's
+    trackers through accelerate (`train.trackers`: TensorBoard under `tb/` by default, W&B, MLflow, ...).
 
-    def __init__(self, run_dir: Path, main: bool):
-        self.path, self.main, self.tb = run_dir / "metrics.jsonl", main, None
-        if main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    A run that starts at step `start` (a resume, or a fresh start in a folder a killed run left rows in) first drops
+    the rows after `start`, and TensorBoard purges its events after `start`, so every step is logged once.
+    """
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:
-                pass
+    def __init__(self, run_dir: Path, accelerator, recipe: Recipe, start: int = 0):
+        self.path, self.main, self.acc = run_dir / "metrics.jsonl", accelerator.is_main_process, accelerator
+        if self.main and self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines() if _row_step(line) <= start]
+            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+        self.trackers = bool(accelerator.log_with)
+        if self.trackers:
+            config = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in
+                      _flat_config(recipe.model_dump(mode="json", by_alias=True)).items()}  # fmt: skip
+            purge = {"tensorboard": {"purge_step": start + 1}} if start > 0 else {}
+            accelerator.init_trackers(recipe.name, config=config, init_kwargs=purge)
 
     def write(self, rec: dict) -> None:
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec | {"time": round(time.time(), 3)}) + "\n")
+        if self.trackers:
+            scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
+            self.acc.log(scalars, step=rec["step"])
+
+
+def _flat_config(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat_config(sub, f"{prefix}{key}/").items()}
+    return {prefix[:-1]: tree}
+
+
+class RunLog:
+    """Rank 0's readable log: `train.log` in the run folder (every line timestamped) and the console."""
+
+    def __init__(self, run_dir: Path, accelerator):
+        self.main = accelerator.is_main_process
+        self.path = run_dir / "train.log"
+
+    def line(self, text: str, console: bool = True) -> None:
         if not self.main:
             return
+        if console:
+            print(text, flush=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, rec["step"])
+            f.write("".join(f"{stamp} {part}\n" for part in text.splitlines()))
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+
+def _row_step(line: str) -> float:
+    """The step of one metrics.jsonl row; a torn last line (killed mid-write) counts as after every step."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _finished(run_dir: Path, plan, total: int) -> dict | None:
+    """The final stats of a run whose newest loadable checkpoint is at the last step and whose final evaluation was
+    written; None when there is something left to do."""
+    stats = run_dir / "final" / "stats.json"
+    if plan is None or not plan.exact or not stats.is_file():
+        return None
+    if read_trainer_state(plan.path).get("step", -1) < total:
+        return None
+    try:
+        return json.loads(stats.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # torn: evaluate again
 
 
 class _progress:
-    """Rich progress bar on rank 0 (loss, lr, samples/s, data-wait share); silent elsewhere or when disabled."""
+    """Rank 0's progress: a rich bar when stdout is a terminal; otherwise (cluster logs, pipes) one plain line per
+    logging period. Both go to train.log; silent elsewhere, and only train.log when `train.progress` is off."""
 
-    def __init__(self, accelerator, enabled: bool, total: int, start: int):
-        self.bar = None
-        if enabled and accelerator.is_main_process:
+    def __init__(self, accelerator, enabled: bool, total: int, start: int, log: RunLog):
+        self.bar, self.log, self.total, self.enabled = None, log, total, enabled
+        self.t0, self.start = time.perf_counter(), start
+        if enabled and accelerator.is_main_process and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
@@ -397,12 +467,17 @@ class _progress:
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
     def update(self, step: int, rec: dict) -> None:
+        parts = "  ".join(f"{k[6:]} {v:.3g}" for k, v in rec.items() if k.startswith("train/") and k != "train/loss")
+        info = (
+            f"loss {rec['train/loss']:.3g}  lr {rec['lr']:.2g}  {rec['perf/samples_per_s']:.0f} samples/s  "
+            f"data {100 * rec['perf/data_wait']:.0f}%"
+        )
         if self.bar is not None:
-            info = (
-                f"loss {rec['train/loss']:.3g}  lr {rec['lr']:.2g}  {rec['perf/samples_per_s']:.0f} samples/s  "
-                f"data {100 * rec['perf/data_wait']:.0f}%"
-            )
             self.bar.update(self.task, info=info)
+        per_step = (time.perf_counter() - self.t0) / max(step - self.start, 1)
+        eta = time.strftime("%H:%M:%S", time.gmtime(per_step * (self.total - step)))
+        line = f"step {step}/{self.total}  {info}  ETA {eta}" + (f"  ({parts})" if parts else "")
+        self.log.line(line, console=self.enabled and self.bar is None)
 
     def advance(self, step: int) -> None:
         if self.bar is not None:

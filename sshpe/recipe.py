@@ -29,6 +29,15 @@ MAX_YAML_VALUES = 20_000  # values after expanding YAML aliases (a shipped recip
 MAX_LISTED_PROBLEMS = 50
 
 
+def check_input_size(hw: tuple[int, int]) -> None:
+    """The model input sizes any recipe accepts (also checked by `sshpe shard`, so no shards are written for a size
+    no recipe could train on). Raises ValueError."""
+    if min(hw) <= 0 or max(hw) > 2048:
+        raise ValueError(f"input_size {list(hw)} must be positive and at most 2048 px")
+    if hw[0] % 32 or hw[1] % 32:
+        raise ValueError(f"input_size {list(hw)} must be multiples of 32 (stride-32 backbones, stride-4 heatmaps)")
+
+
 class RecipeError(ValueError):
     """A recipe problem a user can fix; the message names the file, the field and the fix."""
 
@@ -92,10 +101,7 @@ class DataCfg(Cfg):
     @field_validator("input_size")
     @classmethod
     def _stride4(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if min(v) <= 0 or max(v) > 2048:
-            raise ValueError(f"input_size {list(v)} must be positive and at most 2048 px")
-        if v[0] % 32 or v[1] % 32:
-            raise ValueError(f"input_size {list(v)} must be multiples of 32 (stride-32 backbones, stride-4 heatmaps)")
+        check_input_size(v)
         return v
 
     @field_validator("std")
@@ -114,10 +120,22 @@ class DataCfg(Cfg):
 class ModelCfg(Cfg):
     arch: str = Field(
         "resnet18",
-        description="resnet18..resnet152 (SimpleBaseline), hrnet_w32/hrnet_w48 (pose HRNet), or any timm "
-        "features_only backbone name for the SimpleBaseline head",
+        description="resnet18..resnet152 (SimpleBaseline), hrnet_w32/hrnet_w48 (pose HRNet), hrnet_small/hrnet_tiny "
+        "(CPU runs, tests), or any timm features_only backbone for the SimpleBaseline head: `convnext_tiny`, "
+        "`timm:convnext_tiny`, `timm/convnext_tiny.fb_in1k` or `hf-hub:timm/convnext_tiny.fb_in1k`",
     )
     pretrained: bool = Field(False, description="initialise the backbone from timm ImageNet weights (needs network)")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        """Resolved against sshpe's architectures and timm's registry (no download), with did-you-mean."""
+        from sshpe.models.build import ARCHS, resolve_timm_name
+
+        if v not in ARCHS:
+            resolve_timm_name(v)
+        return v
+
     head_channels: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (256, 256, 256), description="SimpleBaseline deconv widths, one per 2x (each 1..4096)"
     )
@@ -130,6 +148,12 @@ class ModelCfg(Cfg):
         "recipe.yaml), or an inline schema mapping (docs/keypoint-schemas.md)",
     )
     channels_last: bool = Field(True, description="run convolutions in channels_last memory format")
+    init_from: str | None = Field(
+        None,
+        description="start a new run from these weights (as MMPose's load_from): a checkpoint folder, its "
+        "student.safetensors, or a model file from `sshpe export` / `sshpe import-weights`; a final layer with "
+        "another keypoint count is re-initialised. The CLI's --init-from wins; ignored when the run resumes",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
@@ -388,7 +412,22 @@ class TrainCfg(Cfg):
     ckpt_every: Duration = Field("1ep", description="period of resumable checkpoints")
     keep_last: int = Field(3, ge=1, description="resumable checkpoints kept")
     eval_every: Duration = Field("1ep", description="period of evaluation; 0 = only at the end")
-    progress: bool = Field(True, description="show a rich progress bar")
+    progress: bool = Field(
+        True, description="show progress on the console: a rich bar on a terminal, plain lines otherwise"
+    )
+    trackers: tuple[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"], ...] = Field(
+        ("tensorboard",),
+        description="experiment trackers fed through accelerate (log_with), next to metrics.jsonl and train.log; "
+        "tensorboard (under RUN/tb/) is skipped when not installed, the others must be installed",
+    )
+
+    @field_validator("trackers")
+    @classmethod
+    def _installed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        missing = [n for n in v if n != "tensorboard" and importlib.util.find_spec(n) is None]
+        if missing:
+            raise ValueError(f"trackers {missing} are not installed here; pip install {' '.join(missing)}")
+        return v
 
     _d = field_validator("duration", "log_every", "ckpt_every", "eval_every")(_check_duration)
 
@@ -481,6 +520,10 @@ class Recipe(Cfg):
                     f"augment.mum.group={mum.group} must divide the unlabeled batch size {ub} "
                     "(train.unlabeled_batch_size or train.batch_size)"
                 )
+            from sshpe.models.build import encoder_stages
+            from sshpe.nets import check_mix_stages
+
+            check_mix_stages(mum, self.model.arch, list(encoder_stages(self.model.arch)))
         if self.distributed.engine == "deepspeed" and self.distributed.zero_stage == 3:
             needs = f"the {self.teacher.kind} teacher, " if self.teacher.kind in ("ema", "eman", "triple") else ""
             raise ValueError(
@@ -701,3 +744,47 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML (written into every run folder)."""
     return yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# Fields a resumed run may change: none of them changes what the network is trained on or how (issue 14). The
+# whole `eval` section only changes how the network is scored; `data.shards` may move with the data.
+RESUME_SAFE_FIELDS = (
+    "name", "data.shards", "train.duration", "train.log_every", "train.ckpt_every", "train.eval_every",
+    "train.keep_last", "train.progress", "train.trackers",
+)  # fmt: skip
+RESUME_SAFE_SECTIONS = ("eval.",)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def recipe_changes(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
+    """Leaf fields (dotted paths; lists are leaves) whose resolved values differ: {field: (old, new)}."""
+    a = _flat(old.model_dump(mode="json", by_alias=True))
+    b = _flat(new.model_dump(mode="json", by_alias=True))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_recipe(stored: Recipe, recipe: Recipe, where: Path) -> list[str]:
+    """Compare the recipe a run folder was trained with (`where`, its recipe.yaml) with the one resuming it.
+
+    Returns:
+        One note per allowed change (`RESUME_SAFE_FIELDS`, the `eval` section).
+
+    Raises:
+        RecipeError: any other field differs; lists every such field with both values and what to do.
+    """
+    changes = recipe_changes(stored, recipe)
+    safe = lambda k: k in RESUME_SAFE_FIELDS or k.startswith(RESUME_SAFE_SECTIONS)  # noqa: E731
+    refused = {k: v for k, v in changes.items() if not safe(k)}
+    if refused:
+        diff = "; ".join(f"{k}: {quoted(a, 40)} -> {quoted(b, 40)}" for k, (a, b) in list(refused.items())[:20])
+        raise RecipeError(
+            f"{where} was trained with another recipe ({diff}); resuming would mix two recipes in one run. Train "
+            "into a new folder (--out runs/NEW), or undo the change. Only the duration, the log/checkpoint/eval "
+            "periods, keep_last, progress, the eval section and data.shards may change on resume"
+        )
+    return [f"resuming with {k}: {quoted(a, 40)} -> {quoted(b, 40)}" for k, (a, b) in changes.items()]

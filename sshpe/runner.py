@@ -13,7 +13,13 @@ import cv2
 import numpy as np
 
 from sshpe.atomic import atomic_write_bytes, atomic_write_text
-from sshpe.checkpoint import load_teacher_weights, load_weights, loadable_checkpoint, verify_checkpoint
+from sshpe.checkpoint import (
+    load_teacher_weights,
+    load_weights,
+    loadable_checkpoint,
+    read_trainer_state,
+    verify_checkpoint,
+)
 from sshpe.evaluate import rescore
 from sshpe.export import export_model, load_exported
 from sshpe.portable_paths import candidates, first_existing, read_run_paths
@@ -58,7 +64,7 @@ def export_run(run: Path, out: Path | None, checkpoint: Path | None, network: st
     from sshpe.loop import eval_network
 
     recipe = _run_recipe(run, None, [])
-    nets, teacher, _ = load_run_nets(run, recipe, checkpoint)
+    nets, teacher, ckpt = load_run_nets(run, recipe, checkpoint)
     choices = {"student": nets.nets[0], "student_b": nets.nets[1] if len(nets.nets) > 1 else None}
     choices["teacher"] = teacher.nets[0] if teacher is not None else None
     if network == "auto":
@@ -68,7 +74,9 @@ def export_run(run: Path, out: Path | None, checkpoint: Path | None, network: st
                          f"{[k for k, v in choices.items() if v is not None]}")  # fmt: skip
     else:
         net = choices[network]
-    return export_model(net, out or run / "export" / "model.safetensors", recipe, network)
+    step = read_trainer_state(ckpt).get("step")
+    provenance = {"step": step, "checkpoint": str(Path(ckpt).resolve())} if step is not None else None
+    return export_model(net, out or run / "export" / "model.safetensors", recipe, network, provenance)
 
 
 def model_file(path: Path) -> Path:

@@ -1,9 +1,12 @@
 """`sshpe train` killed with SIGKILL (mid-training, and inside a checkpoint write) and restarted reaches the same
-final weights as an uninterrupted run, bitwise on CPU with num_workers 0."""
+final weights as an uninterrupted run, bitwise on CPU with num_workers 0, and logs every step once. Resume hygiene
+(issue 14): a changed recipe is refused unless only resume-safe fields changed, a finished run does nothing."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,8 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 from sshpe.checkpoint import COMPLETE, STUDENT, complete_checkpoints
+from sshpe.loop import fit
+from sshpe.recipe import RecipeError, load_recipe
 
 STEPS = 16
 
@@ -38,6 +43,17 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _logged_steps(run: Path) -> list[tuple[int, str]]:
+    """(step, kind) of every metrics.jsonl row: the training rows and the evaluation rows."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], "eval" if "eval_network" in r else "train") for r in rows]
+
+
+def _recipe(shards: Path, *overrides: str):
+    base = [f"data.shards={shards}", f"train.duration={STEPS}", "train.log_every=4"]
+    return load_recipe(REPO / "recipes" / "_smoke.yaml", [*base, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +97,67 @@ def test_sigkill_inside_checkpoint_write_then_resume(smoke_shards, uninterrupted
     assert "step-000002 at step 2" in res.stdout
     assert not torn.exists()
     _assert_same(_weights(run), _weights(uninterrupted))
+    # the killed run logged step 4 before dying; the resumed one dropped that row and logged it again, once
+    assert _logged_steps(run) == _logged_steps(uninterrupted)
+
+
+def test_resume_refuses_a_changed_recipe_and_names_the_fields(smoke_shards, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    before = (run / "recipe.yaml").read_text()
+    with pytest.raises(RecipeError) as err:
+        fit(_recipe(smoke_shards, "optim.lr=0.5", "data.sigma=3"), run)
+    msg = str(err.value)
+    assert "optim.lr: 0.001 -> 0.5" in msg and "data.sigma: 2.0 -> 3.0" in msg and "--out" in msg, msg
+    assert "\n" not in msg
+    assert (run / "recipe.yaml").read_text() == before  # nothing rewritten
+
+
+def test_finished_run_does_nothing(smoke_shards, uninterrupted, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    stats = fit(_recipe(smoke_shards, "train.progress=false"), run)
+    assert "is finished" in capsys.readouterr().out
+    assert stats == json.loads((run / "final" / "stats.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_resume_with_a_longer_duration_trains_on_and_logs_each_step_once(smoke_shards, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    fit(_recipe(smoke_shards, f"train.duration={STEPS + 4}", "train.eval_every=0"), run)
+    assert [s for s, _ in complete_checkpoints(run / "checkpoints")][-1] == STEPS + 4
+    steps = [s for s, kind in _logged_steps(run) if kind == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS + 4
+
+
+def test_init_from_an_exported_or_imported_model_file_reinitialises_a_different_head(smoke_shards, uninterrupted):
+    """MMPose's `load_from`: a single-network model file seeds a new run; a union24 head (24 keypoints) on COCO-17
+    weights keeps its fresh final layer and loads everything else."""
+    from sshpe.checkpoint import load_weights
+    from sshpe.nets import build_nets
+
+    exported = uninterrupted / "final" / "model.safetensors"
+    source = load_file(str(exported))
+    recipe = _recipe(smoke_shards, "model.schema=union24", f"model.init_from={exported}")
+    torch.manual_seed(0)
+    nets = build_nets(recipe)
+    fresh = {k: v.clone() for k, v in nets.state_dict().items()}
+    notes: list[str] = []
+    assert load_weights(exported, nets, notes) == 0
+    state = nets.state_dict()
+    head = [k for k in source if source[k].shape != state[f"nets.0.{k}"].shape]
+    assert head and all(source[k].shape[0] == 17 and state[f"nets.0.{k}"].shape[0] == 24 for k in head)
+    assert all(torch.equal(state[f"nets.0.{k}"], fresh[f"nets.0.{k}"]) for k in head)  # kept its fresh init
+    assert all(torch.equal(state[f"nets.0.{k}"], v) for k, v in source.items() if k not in head)
+    assert len(notes) == 1 and "17 keypoints, the recipe's head has 24" in notes[0]
+
+
+def test_recipe_init_from_starts_a_run_from_imported_weights(smoke_shards, uninterrupted, tmp_path, capsys):
+    exported = uninterrupted / "final" / "model.safetensors"
+    run = tmp_path / "run"
+    recipe = _recipe(smoke_shards, f"model.init_from={exported}", "train.duration=2", "train.eval_every=0")
+    fit(recipe, run)
+    assert f"initialised weights from {exported}" in capsys.readouterr().out
+    assert [s for s, _ in complete_checkpoints(run / "checkpoints")] == [2]  # from step 0, not the source's step

@@ -12,7 +12,8 @@ import yaml
 
 from sshpe.recipe import Recipe, RecipeError, load_recipe, parse_duration
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+RECIPE_DIR = Path(__file__).parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 
 
 def test_recipes_exist():
@@ -148,3 +149,46 @@ def test_mpii_aic_recipes_train_the_union_head_and_score_pckh_like_the_reference
         if p.name.startswith("mpii-aic_"):
             r = load_recipe(p)
             assert r.schema.name == "union24" and r.eval.reference_quirks and not r.eval.flip_test
+
+
+# --- names checked at `recipe check`, before any run folder exists (issue 14) -------------------------------------
+
+
+def test_recipe_check_reports_backbone_and_stage_names_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    raw = yaml.safe_load((RECIPE_DIR / "coco1k-coco_res18-256x192_mum.yaml").read_text())
+    raw["model"]["arch"] = "resnet-18"
+    bad.write_text(yaml.safe_dump(raw))
+    stage = tmp_path / "stage.yaml"
+    raw["model"]["arch"] = "resnet18"
+    raw["augment"]["mum"]["unmix_after"] = "layer5"
+    stage.write_text(yaml.safe_dump(raw))
+    res = subprocess.run([sys.executable, "-m", "sshpe._cli.app", "recipe", "check", str(bad), str(stage)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model.arch: unknown model 'resnet-18'" in res.stderr and "did you mean 'resnet18'" in res.stderr
+    assert "augment.mum.unmix_after='layer5': resnet18 has no such encoder stage" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "arch", ["convnext_tiny", "timm:convnext_tiny", "timm/convnext_tiny.fb_in1k", "hf-hub:timm/convnext_tiny.fb_in1k"]
+)
+def test_timm_backbone_names_resolve_without_download(arch):
+    from sshpe.models.build import encoder_stages
+
+    r = load_recipe(RECIPE_DIR / "coco1k-coco_res18-256x192_mum.yaml", [f"model.arch={arch}", "augment.mum=null"])
+    assert r.model.arch == arch and encoder_stages(arch)[-1] == "stages_3"
+    with pytest.raises(RecipeError, match="augment.mum.unmix_after='layer4': .* has no such encoder stage"):
+        load_recipe(RECIPE_DIR / "coco1k-coco_res18-256x192_mum.yaml", [f"model.arch={arch}"])  # ResNet stage name
+
+
+def test_hub_ids_outside_timm_are_refused_with_the_fix():
+    with pytest.raises(RecipeError, match="only timm's own Hub weights"):
+        load_recipe(RECIPE_DIR / "quickstart.yaml", ["model.arch=hf-hub:someone/posenet"])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "hrnet_tiny", "hrnet_small"])
+def test_stage_table_matches_the_built_networks(arch):
+    from sshpe.models.build import build_model, encoder_stages
+
+    assert encoder_stages(arch) == tuple(build_model(arch, 17, head_channels=(8, 8, 8)).stages)

@@ -14,6 +14,7 @@ from _fixtures_coco import INPUT_HW, CocoFixture, K, make_coco, shard_fixture
 
 from sshpe import geometry
 from sshpe.data.coco import load_instances
+from sshpe.data.prepare import find_sources, shard_dataset
 from sshpe.data.shard_folder import write_shard_folder
 from sshpe.data.shard_writer import InvalidImage, manifest_dict, read_manifest, write_split
 from sshpe.data.streams import ValDataset, index_shard, read_sample
@@ -274,3 +275,10 @@ def test_crops_from_canvas_equal_crops_from_image(fx, tmp_path):
                 via_img = geometry.apply_affine(img_to_crop, torch.from_numpy(kpts_img[None, :, :2]))
                 via_canvas = geometry.apply_affine(canvas_to_crop, kpts_canvas)
                 torch.testing.assert_close(via_canvas[:, vis], via_img[:, vis], atol=1e-9, rtol=0)
+
+
+def test_shard_refuses_an_input_size_no_recipe_accepts(synth_root, tmp_path):
+    out = tmp_path / "O"
+    with pytest.raises(ValueError, match=r"--input-size 100x75: .* multiples of 32; no recipe could train"):
+        shard_dataset(find_sources(synth_root), out, dataset="synth", input_hw=(100, 75), progress=False)
+    assert not out.exists()

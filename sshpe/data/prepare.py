@@ -17,6 +17,7 @@ from sshpe.data.aic import load_aic
 from sshpe.data.coco import Instance, InstanceKind, load_instances, read_json
 from sshpe.data.mpii import load_mpii, read_pckh_gt
 from sshpe.data.shard_folder import FolderResult, write_shard_folder
+from sshpe.recipe import check_input_size
 from sshpe.schema import KeypointSchema, get_schema, schema_from_coco_category
 
 DatasetFormat = Literal["coco", "mpii", "aic"]
@@ -143,6 +144,11 @@ def shard_dataset(
         skip_invalid: skip invalid annotations and unusable images (counted per split and reason in the manifest)
             instead of failing with a list of them (COCO-format annotations; every format's images).
     """
+    try:
+        check_input_size(input_hw)
+    except ValueError as err:
+        h, w = input_hw
+        raise ValueError(f"--input-size {h}x{w}: {err}; no recipe could train on such shards") from None
     if schema is None:
         schema = default_schema(src)
     elif not isinstance(schema, KeypointSchema):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 
 import timm
+import torch
 
 from sshpe.models import PoseModel
 from sshpe.models.hrnet import PoseHRNet
@@ -56,21 +57,44 @@ ARCHS: dict[str, ModelCtor] = {
 
 
 def resolve_timm_name(arch: str) -> str:
-    """The timm model name behind `arch` ("timm:<name>" or a bare timm name, pretrained tags allowed).
+    """The timm model name behind `arch`: a bare timm name, "timm:<name>", or a Hugging Face Hub id of timm's own
+    weights ("timm/<name>.<tag>", "hf-hub:timm/<name>.<tag>"), resolved against timm's registry without downloading.
 
     Raises:
-        ValueError: timm has no such model; the message lists close matches.
+        ValueError: timm has no such model (the message lists close matches), or a Hub id outside timm's
+            namespace (its architecture is only known after a download).
     """
-    name = arch.removeprefix("timm:")
+    name = arch.removeprefix("timm:").removeprefix("hf-hub:")
+    if "/" in name:
+        owner, _, name = name.partition("/")
+        if owner != "timm":
+            raise ValueError(
+                f"model {arch!r}: only timm's own Hub weights (timm/<name>) resolve without a download; use the timm "
+                "architecture name (e.g. convnext_tiny) and load other weights with --init-from"
+            )
     if name.split(".")[0] in timm.list_models():
         return name
-    candidates = list(ARCHS) + timm.list_models()
+    candidates = list(dict.fromkeys([*ARCHS, *timm.list_models()]))
     close = difflib.get_close_matches(name.split(".")[0], candidates, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(
         f"unknown model {arch!r}: not one of sshpe's {sorted(ARCHS)} nor a timm model name{hint} "
         "(any timm CNN name, optionally prefixed 'timm:', gets the SimpleBaseline head)"
     )
+
+
+_STAGES = {"resnet": ("stem", "layer1", "layer2", "layer3", "layer4"),
+           "hrnet": ("stem", "stage1", "stage2", "stage3", "stage4")}  # fmt: skip
+
+
+@lru_cache(maxsize=None)
+def encoder_stages(arch: str) -> tuple[str, ...]:
+    """The encoder stage names of `arch` (MUM / Pose-MUM mixing points), without weights: sshpe's own
+    architectures from a table, timm backbones from a build on the meta device."""
+    if arch in ARCHS:
+        return _STAGES["resnet" if arch.startswith("resnet") else "hrnet"]
+    with torch.device("meta"):
+        return tuple(build_model(arch, 1, pretrained=False).stages)
 
 
 def build_model(
