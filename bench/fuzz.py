@@ -99,10 +99,22 @@ def classify(fn: Callable[[], object], names: str | None) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """name -> sha256 of every file directly in `folder` (shard folders are flat); {} when it does not exist."""
+    """name -> sha256 of every file directly in `folder` (shard folders are flat); {} when it does not exist. The
+    manifest is hashed without its sources' `relative` paths, which depend on where the folder lies."""
     if not folder.is_dir():
         return {}
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {p.name: _digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _digest(path: Path) -> str:
+    data = path.read_bytes()
+    if path.name == "manifest.json":
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            manifest = json.loads(data)
+            for entry in manifest.get("sources", {}).values():
+                entry.pop("relative", None)
+            data = json.dumps(manifest, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,9 +317,10 @@ def corrupt_shards(rng: random.Random, folder: Path) -> None:
         tar.write_bytes(bytes(data))
     elif op == 1:
         tar.write_bytes(tar.read_bytes()[: rng.randrange(tar.stat().st_size)])
-    elif op == 2:
-        other = rng.choice(tars)
-        shutil.copyfile(other, tar)
+    elif op == 2:  # another tar's bytes under this name (an identical copy when the folder has one tar)
+        other = rng.choice([t for t in tars if t != tar] or [tar])
+        if other != tar:
+            shutil.copyfile(other, tar)
     elif op == 3:
         tar.unlink()
     elif op == 4:  # manifest: drop or spoil a field

@@ -23,7 +23,7 @@ def portable(path: Path, base: Path) -> dict[str, str]:
 def candidates(entry: dict, base: Path) -> list[Path]:
     """Where a stored entry may be now: its absolute path, then its relative path under `base` (when stored)."""
     found = [Path(entry["path"])]
-    if "relative" in entry:
+    if entry.get("relative"):
         found.append((Path(base) / entry["relative"]).resolve())
     return found
 

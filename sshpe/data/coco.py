@@ -241,6 +241,9 @@ def _gt_instances(
     by_image: dict[int, list[tuple[int, dict]]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
         ann = _require(ann, _ANN_KEYS, ann_file, f"annotations[{i}]")
+        for key in ("id", "image_id", "category_id"):
+            if key in ann and (not isinstance(ann[key], int) or isinstance(ann[key], bool)):
+                raise ValueError(f"{ann_file}: annotations[{i}].{key} is {quoted(ann[key])}, expected an integer")
         by_image[ann["image_id"]].append((i, ann))
     out: list[Instance] = []
     problems: list[Invalid] = []

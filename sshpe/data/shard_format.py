@@ -117,7 +117,9 @@ def validate_manifest(raw: object, path: Path) -> dict:
         raise ShardFormatError(
             f"{path} is not a valid {MANIFEST_FORMAT} manifest: {_problems(err)}; run `sshpe shard` again"
         ) from None
-    return manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
+    out = manifest.model_dump(mode="json", by_alias=True)
+    out["schema"] = manifest.schema_.model_dump(mode="json", exclude_none=True)  # as `KeypointSchema.as_metadata`
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
