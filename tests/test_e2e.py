@@ -42,6 +42,12 @@ def test_fit_writes_run_folder(smoke_shards, tmp_path):
     assert all(r["train/loss"] > 0 and r["lr"] == recipe.optim.lr for r in train)
     final = [r for r in logs if "val/AP" in r]
     assert len(final) == 1 and final[0]["step"] == 6 and final[0]["eval_network"] == "student"
+    assert all(r["time"] <= logs[-1]["time"] for r in logs)  # unix timestamps, in order
+    log = (run / "train.log").read_text().splitlines()  # timestamped, also with the progress bar off
+    assert [line.split("  ")[0].split(" ", 2)[2] for line in log if " step " in line and "eval" not in line] == [
+        "step 2/6", "step 4/6", "step 6/6"
+    ]  # fmt: skip
+    assert f"eval step 6 (student): AP {stats['AP']:.4g}" in log[-1]
     results = json.loads((run / "final" / "results.json").read_text())
     assert results and set(results[0]) == {"image_id", "category_id", "keypoints", "score", "center", "scale", "bbox"}
     assert len(results[0]["keypoints"]) == 51
@@ -148,3 +154,16 @@ def test_non_finite_loss_names_the_window(smoke_shards, tmp_path, monkeypatch):
     assert "non-finite loss nan at step 5, in the window since step 4" in msg
     assert "last good checkpoint: " in msg and msg.split("last good checkpoint: ")[1].startswith(str(tmp_path))
     assert "step-000004" in msg
+
+
+def test_console_gets_plain_lines_when_stdout_is_not_a_terminal(smoke_shards, tmp_path):
+    """Cluster logs: no progress-bar control codes, one line per logging period with loss, lr, speed and ETA."""
+    recipe = Path(__file__).parents[1] / "recipes" / "_smoke.yaml"
+    cmd = [sys.executable, "-m", "sshpe._cli.app", "train", str(recipe), "--set", f"data.shards={smoke_shards}",
+           "--set", "train.progress=true", "--out", str(tmp_path / "run")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in res.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split("  ")[0] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert all("samples/s" in line and "ETA" in line and "lr " in line for line in lines)
+    assert "\x1b[" not in res.stdout.split("eval step")[0]  # no terminal control codes before the final table
