@@ -69,3 +69,23 @@ def test_markdown_reports_each_method_against_supervised() -> None:
     assert "| supervised | 1.0 | 3.0 | 2.0 |  |  | 2 |" in lines
     assert "| posecons | 5.0 | 7.0 | 6.0 | +4.0 | 60.0 | 4 |" in lines
     assert bench.frac_tag(0.025) == "2p5pct" and bench.frac_tag(None) == "all" and bench.frac_tag(0.05) == "5pct"
+
+
+def test_pseudo_curves_average_the_logged_windows(tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+
+    spec = importlib.util.spec_from_file_location("pseudo_curves", REPO / "bench" / "pseudo_curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    for seed, offset in ((0, 0.0), (1, 0.2)):
+        run = tmp_path / "posecons" / f"seed{seed}"
+        run.mkdir(parents=True)
+        rows = [{"step": s, "train/pseudo_pck": s / 100 + offset} for s in (10, 20, 30, 40)]
+        rows.insert(2, {"step": 20, "eval_network": "student", "val/AP": 0.1})  # other rows are ignored
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "burn_in").mkdir()
+    assert curves.curve(tmp_path / "posecons" / "seed0", [20, 40]) == {20: 0.15, 40: 0.35}
+    monkeypatch.setattr(sys, "argv", ["pseudo_curves.py", str(tmp_path), "--steps", "20", "40"])
+    curves.main()
+    assert capsys.readouterr().out.splitlines()[-1] == "| posecons | 25.0 | 45.0 |"
