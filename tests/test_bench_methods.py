@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -85,7 +86,7 @@ def test_pseudo_curves_average_the_logged_windows(tmp_path, capsys, monkeypatch)
         rows.insert(2, {"step": 20, "eval_network": "student", "val/AP": 0.1})  # other rows are ignored
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "burn_in").mkdir()
-    assert curves.curve(tmp_path / "posecons" / "seed0", [20, 40]) == {20: 0.15, 40: 0.35}
+    assert curves.curve(tmp_path / "posecons" / "seed0", [20, 40]) == pytest.approx({20: 0.15, 40: 0.35})
     monkeypatch.setattr(sys, "argv", ["pseudo_curves.py", str(tmp_path), "--steps", "20", "40"])
     curves.main()
     assert capsys.readouterr().out.splitlines()[-1] == "| posecons | 25.0 | 45.0 |"
