@@ -215,8 +215,12 @@ def train(
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        console.print(stats_table(stats, f"{r.name}: evaluation of split {r.data.val_split!r}"))
-        console.print(f"model: {(out or Path('runs') / r.name) / 'final' / 'model.safetensors'}")
+        from sshpe.export import read_metadata
+
+        model = (out or Path("runs") / r.name) / "final" / "model.safetensors"
+        step = read_metadata(model).get("step", "?")
+        console.print(stats_table(stats, f"{r.name}: evaluation of split {r.data.val_split!r} at step {step}"))
+        console.print(f"model: {model} (step {step})")
 
 
 @app.command("eval")

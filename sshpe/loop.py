@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -313,8 +314,9 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
 
         if itstime(step1, sched.eval_every) and step1 != sched.total:
             stats = _eval_and_log(
-                recipe, accelerator, raw, teacher, manifest, run_dir / "eval" / f"step-{step1:06d}", metrics, step1, log
-            )
+                recipe, accelerator, raw, teacher, manifest, run_dir, run_dir / "eval" / f"step-{step1:06d}", metrics,
+                step1, log,
+            )  # fmt: skip
             _set_modes(raw, teacher, recipe)
         window_t0 += time.perf_counter() - t_side
         progress.advance(step1)
@@ -324,14 +326,63 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     sync_bn_buffers(accelerator, raw, teacher)
     if sched.total > start:
         save_checkpoint(accelerator, ckpt_root, sched.total, student, teacher, recipe, t.keep_last)
-    stats = _eval_and_log(recipe, accelerator, raw, teacher, manifest, run_dir / "final", metrics, sched.total, log)
-    if accelerator.is_main_process:
+    stats = _eval_and_log(
+        recipe, accelerator, raw, teacher, manifest, run_dir, run_dir / "final", metrics, sched.total, log
+    )
+    best = read_best(run_dir) if recipe.eval.keep_best else None
+    if best is not None and best["step"] != sched.total:  # an earlier evaluation beat the last step
+        log.line(
+            f"final/ holds the best evaluation, step {best['step']} ({score_name(best['stats'])} "
+            f"{best['score']:.4g}; the last step {sched.total} scored {score_of(stats):.4g})"
+        )
+        if accelerator.is_main_process:
+            shutil.copyfile(run_dir / BEST / "model.safetensors", run_dir / "final" / "model.safetensors")
+            atomic_write_text(run_dir / "final" / "stats.json", json.dumps(best["stats"], indent=1))
+        stats = best["stats"]
+    elif accelerator.is_main_process:
         net, name = eval_network(recipe, raw, teacher)
-        provenance = {"step": sched.total} | {f"val_{k}": v for k, v in stats.items() if k in ("AP", "Mean")}
-        export_model(net, run_dir / "final" / "model.safetensors", recipe, name, provenance)
+        export_model(net, run_dir / "final" / "model.safetensors", recipe, name, _provenance(sched.total, stats))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return stats
+
+
+BEST = "best"
+
+
+def score_name(stats: dict) -> str:
+    """The validation score that ranks evaluations: COCO AP, or PCKh Mean for MPII."""
+    return "AP" if "AP" in stats else "Mean"
+
+
+def score_of(stats: dict) -> float:
+    return float(stats[score_name(stats)])
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """RUN/best/stats.json: {"step", "score", "stats"} of the best evaluation so far; None before the first."""
+    path = run_dir / BEST / "stats.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # torn by a kill: the next evaluation writes it again
+
+
+def _provenance(step: int, stats: dict) -> dict:
+    return {"step": step} | {f"val_{k}": v for k, v in stats.items() if k in ("AP", "Mean")}
+
+
+def _keep_if_best(recipe: Recipe, accelerator, raw, teacher, run_dir: Path, step: int, stats: dict) -> None:
+    """Export the evaluated network to RUN/best/ when its score beats every earlier evaluation of the run."""
+    if not (recipe.eval.keep_best and accelerator.is_main_process):
+        return
+    best = read_best(run_dir)
+    if best is not None and score_of(stats) <= best["score"]:
+        return
+    net, name = eval_network(recipe, raw, teacher)
+    export_model(net, run_dir / BEST / "model.safetensors", recipe, name, _provenance(step, stats))
+    doc = {"step": step, "score": score_of(stats), "stats": stats}
+    atomic_write_text(run_dir / BEST / "stats.json", json.dumps(doc, indent=1))
 
 
 def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
@@ -346,25 +397,59 @@ def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
 
 
 def _eval_and_log(
-    recipe, accelerator, raw, teacher, manifest, out_dir: Path, metrics: MetricsLog, step: int, log: RunLog
+    recipe,
+    accelerator,
+    raw,
+    teacher,
+    manifest,
+    run_dir: Path,
+    out_dir: Path,
+    metrics: MetricsLog,
+    step: int,
+    log: RunLog,
 ) -> dict:
+    """Score the network the recipe evaluates (files into `out_dir`), and with `eval.all_nets` every network of a
+    dual/triple student, the dual ensemble and the mean of the networks' scores (logged as `val_nets/...`); keep
+    the best evaluation (`eval.keep_best`)."""
     sync_bn_buffers(accelerator, raw, teacher)  # every rank scores the same network
-    net, name = eval_network(recipe, raw, teacher)
-    if recipe.teacher.kind == "dual" and recipe.teacher.eval_net == "ensemble":
-        raw.eval()
-        fn = lambda x: 0.5 * (raw.nets[0](x) + raw.nets[1](x))  # noqa: E731
-    else:
-        net.eval()
-        fn = net
+    _, name = eval_network(recipe, raw, teacher)
+    raw.eval()
+    candidates = _eval_candidates(recipe, raw)
+    selected = getattr(recipe.teacher, "eval_net", None) if name.startswith("student") else None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
+    net, _ = eval_network(recipe, raw, teacher)
+    net.eval()
+    fn = candidates.get("ensemble") if selected == "ensemble" else net
     with accelerator.autocast():
         stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
-    metrics.write({"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()})
+        scores = {}
+        if recipe.eval.all_nets and len(candidates) > 1:
+            for key, other in candidates.items():
+                scores[key] = stats if key == selected else evaluate_nets(other, recipe, accelerator, manifest, None)
+    rec = {"step": step, "eval_network": name} | {f"val/{k}": v for k, v in stats.items()}
+    if scores:
+        nets = [score_of(v) for k, v in scores.items() if k != "ensemble"]
+        rec |= {f"val_nets/{k}/{score_name(v)}": score_of(v) for k, v in scores.items()}
+        rec |= {f"val_nets/mean/{score_name(stats)}": sum(nets) / len(nets)}
+    metrics.write(rec)
     log.line(f"eval step {step} ({name}): " + "  ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+    if scores:
+        log.line("  every network: " + "  ".join(f"{k[9:]} {v:.4g}" for k, v in rec.items() if k.startswith("val_n")))
     if accelerator.is_main_process:
-        (out_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+        atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=1))
+    _keep_if_best(recipe, accelerator, raw, teacher, run_dir, step, stats)
     return stats
+
+
+def _eval_candidates(recipe: Recipe, raw) -> dict:
+    """The networks a dual/triple student can be scored by: "a", "b" (, "c") and, for dual, their heatmap
+    ensemble; {"a": net} otherwise."""
+    n = len(raw.nets)
+    out = {"abc"[i]: raw.nets[i] for i in range(n)}
+    if recipe.teacher.kind == "dual":
+        out["ensemble"] = lambda x: 0.5 * (raw.nets[0](x) + raw.nets[1](x))
+    return out
 
 
 def _set_modes(nets, teacher, recipe: Recipe) -> None:

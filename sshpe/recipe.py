@@ -449,6 +449,16 @@ class EvalCfg(Cfg):
     reference_quirks: bool = Field(
         False, description="reproduce the reference's evaluation quirks: PCKh Mean@0.1 read at threshold 0.11 (§1.9)"
     )
+    keep_best: bool = Field(
+        True,
+        description="keep the evaluated network with the best validation score (AP; PCKh Mean for MPII) in RUN/best/ "
+        "and export it as final/ when it beats the last step (the reference's model_best)",
+    )
+    all_nets: bool = Field(
+        True,
+        description="dual/triple teachers: score every network, the dual heatmap ensemble and the mean of the "
+        "networks' scores at each evaluation (as MultiAugs reports them); teacher.eval_net selects and exports",
+    )
 
 
 class DistributedCfg(Cfg):
