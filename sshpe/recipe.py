@@ -757,12 +757,13 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 # Fields a resumed run may change: none of them changes what the network is trained on or how (issue 14). The
-# whole `eval` section only changes how the network is scored; `data.shards` may move with the data.
+# whole `eval` section only changes how the network is scored; `data.shards` may move with the data; `distributed`
+# follows the machine (a checkpoint from another world size or engine is resumed weights-only).
 RESUME_SAFE_FIELDS = (
     "name", "data.shards", "train.duration", "train.log_every", "train.ckpt_every", "train.eval_every",
     "train.keep_last", "train.progress", "train.trackers",
 )  # fmt: skip
-RESUME_SAFE_SECTIONS = ("eval.",)
+RESUME_SAFE_SECTIONS = ("eval.", "distributed.")  # another world size or engine resumes weights-only (checkpoint.py)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -795,6 +796,7 @@ def check_resume_recipe(stored: Recipe, recipe: Recipe, where: Path) -> list[str
         raise RecipeError(
             f"{where} was trained with another recipe ({diff}); resuming would mix two recipes in one run. Train "
             "into a new folder (--out runs/NEW), or undo the change. Only the duration, the log/checkpoint/eval "
-            "periods, keep_last, progress, the eval section and data.shards may change on resume"
+            "periods, keep_last, progress, trackers, the eval and distributed sections and data.shards may change on "
+            "resume"
         )
     return [f"resuming with {k}: {quoted(a, 40)} -> {quoted(b, 40)}" for k, (a, b) in changes.items()]

@@ -279,6 +279,6 @@ def test_crops_from_canvas_equal_crops_from_image(fx, tmp_path):
 
 def test_shard_refuses_an_input_size_no_recipe_accepts(synth_root, tmp_path):
     out = tmp_path / "O"
-    with pytest.raises(ValueError, match=r"--input-size 100x75: .* multiples of 32; no recipe could train"):
+    with pytest.raises(ValueError, match=r"--input-size 100x75: .* multiples of 32 .*; no recipe could train"):
         shard_dataset(find_sources(synth_root), out, dataset="synth", input_hw=(100, 75), progress=False)
     assert not out.exists()
