@@ -330,7 +330,7 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
         recipe, accelerator, raw, teacher, manifest, run_dir, run_dir / "final", metrics, sched.total, log
     )
     best = read_best(run_dir) if recipe.eval.keep_best else None
-    if best is not None and best["step"] != sched.total:  # an earlier evaluation beat the last step
+    if best is not None and best["step"] != sched.total and best["score"] > score_of(stats):  # strictly better
         log.line(
             f"final/ holds the best evaluation, step {best['step']} ({score_name(best['stats'])} "
             f"{best['score']:.4g}; the last step {sched.total} scored {score_of(stats):.4g})"

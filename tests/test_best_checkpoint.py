@@ -59,3 +59,12 @@ def test_dual_students_are_scored_per_network_ensemble_and_mean(smoke_shards, tm
     assert set(nets) == {"val_nets/a/AP", "val_nets/b/AP", "val_nets/ensemble/AP", "val_nets/mean/AP"}
     assert nets["val_nets/ensemble/AP"] == final["val/AP"] == stats["AP"]  # the selected one is the ensemble
     assert abs(nets["val_nets/mean/AP"] - (nets["val_nets/a/AP"] + nets["val_nets/b/AP"]) / 2) < 1e-12
+
+
+def test_a_tie_with_an_earlier_evaluation_exports_the_last_step(smoke_shards, tmp_path, monkeypatch):
+    real = loop.evaluate_nets
+    monkeypatch.setattr(loop, "evaluate_nets", lambda *a, **k: real(*a, **k) | {"AP": 0.25})
+    run = tmp_path / "run"
+    fit(smoke_recipe(smoke_shards, "train.eval_every=2", "train.duration=6"), run)
+    assert json.loads((run / "best" / "stats.json").read_text())["step"] == 2  # the first of equals stays best
+    assert read_metadata(run / "final" / "model.safetensors")["step"] == 6  # but final/ keeps the last step
