@@ -635,8 +635,9 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def parse_yaml(text: str, where: str) -> Any:
     """Parse YAML text with `_BoundedLoader`; any problem is one RecipeError line starting with `where`."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader already refuses control characters (yaml.ReaderError)
         return loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -648,7 +649,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except RecursionError:
         raise RecipeError(f"{where}: not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _unwrap(ann: Any) -> list[Any]:
