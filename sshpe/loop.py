@@ -412,14 +412,13 @@ def _eval_and_log(
     dual/triple student, the dual ensemble and the mean of the networks' scores (logged as `val_nets/...`); keep
     the best evaluation (`eval.keep_best`)."""
     sync_bn_buffers(accelerator, raw, teacher)  # every rank scores the same network
-    _, name = eval_network(recipe, raw, teacher)
+    net, name = eval_network(recipe, raw, teacher)
     raw.eval()
+    net.eval()
     candidates = _eval_candidates(recipe, raw)
     selected = getattr(recipe.teacher, "eval_net", None) if name.startswith("student") else None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-    net, _ = eval_network(recipe, raw, teacher)
-    net.eval()
     fn = candidates.get("ensemble") if selected == "ensemble" else net
     with accelerator.autocast():
         stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
