@@ -34,7 +34,15 @@ from sshpe.nets import build_nets
 from sshpe.portable_paths import write_run_paths
 from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
-from sshpe.recipe import Recipe, RecipeError, check_resume_recipe, dump_recipe, load_recipe, parse_duration
+from sshpe.recipe import (
+    Recipe,
+    RecipeError,
+    check_resume_recipe,
+    dump_recipe,
+    flat_fields,
+    load_recipe,
+    parse_duration,
+)
 from sshpe.run_lock import run_lock
 from sshpe.schema import eval_channels, joint_map
 from sshpe.step import remap_labels, train_step
@@ -475,7 +483,7 @@ class MetricsLog:
         self.trackers = bool(accelerator.log_with)
         if self.trackers:
             config = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in
-                      _flat_config(recipe.model_dump(mode="json", by_alias=True)).items()}  # fmt: skip
+                      flat_fields(recipe.model_dump(mode="json", by_alias=True), "/").items()}  # fmt: skip
             purge = {"tensorboard": {"purge_step": start + 1}} if start > 0 else {}
             accelerator.init_trackers(recipe.name, config=config, init_kwargs=purge)
 
@@ -486,12 +494,6 @@ class MetricsLog:
         if self.trackers:
             scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
             self.acc.log(scalars, step=rec["step"])
-
-
-def _flat_config(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat_config(sub, f"{prefix}{key}/").items()}
-    return {prefix[:-1]: tree}
 
 
 class RunLog:

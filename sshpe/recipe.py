@@ -768,16 +768,17 @@ RESUME_SAFE_FIELDS = (
 RESUME_SAFE_SECTIONS = ("eval.", "distributed.")  # another world size or engine resumes weights-only (checkpoint.py)
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flat_fields(tree: Any, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Leaves of a nested mapping (a recipe's `model_dump`) keyed by their path joined with `sep`; lists are leaves."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
+        return {k: v for key, sub in tree.items() for k, v in flat_fields(sub, sep, f"{prefix}{key}{sep}").items()}
+    return {prefix[: -len(sep)]: tree}
 
 
 def recipe_changes(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
     """Leaf fields (dotted paths; lists are leaves) whose resolved values differ: {field: (old, new)}."""
-    a = _flat(old.model_dump(mode="json", by_alias=True))
-    b = _flat(new.model_dump(mode="json", by_alias=True))
+    a = flat_fields(old.model_dump(mode="json", by_alias=True))
+    b = flat_fields(new.model_dump(mode="json", by_alias=True))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
