@@ -14,6 +14,7 @@ Conventions (the reference's, so that published numbers transfer):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -149,22 +150,69 @@ def warp_images(
 
 
 def canvas_side(input_hw: tuple[int, int], max_scale: float = 1.25, min_scale: float = 0.75) -> int:
-    """Side in px of the square canvas that serves every easy view of a model input (H, W).
+    """Largest side in px a canvas of a model input (H, W) needs: the reachable disc at the densest view.
 
-    The canvas covers the disc reachable by any rotation of the crop window zoomed out by `max_scale`, at the
-    pixel density the crop has when zoomed in by `min_scale`: side = max_scale / min_scale * sqrt(H^2 + W^2),
-    rounded up to a multiple of 8. The same for every person, so batches stack.
+    Any rotation of the crop window zoomed out by `max_scale` stays inside a disc; zoomed in by `min_scale` the crop
+    has its highest pixel density. Sampled at that density the disc spans side = max_scale / min_scale *
+    sqrt(H^2 + W^2) px, rounded up to a multiple of 8. Canvases are never larger (`canvas_frame`).
     """
     h, w = input_hw
     return int(math.ceil(max_scale / min_scale * math.hypot(h, w) / 8.0) * 8)
 
 
 def canvas_extent(scale: np.ndarray, max_scale: float = 1.25) -> float:
-    """Side in image px of the canvas around a padded box of scale (2,) (200-px units): the reachable disc."""
+    """Side in image px of the square around a padded box of scale (2,) (200-px units) that holds the reachable
+    disc."""
     return float(2.0 * max_scale * 0.5 * PIXEL_STD * math.hypot(scale[0], scale[1]))
 
 
-def canvas_to_image_matrix(center: np.ndarray, scale: np.ndarray, side: int, max_scale: float = 1.25) -> np.ndarray:
-    """(2, 3) float64 `canvas_to_img` for a canvas of `side` px centred on `center` (reference convention)."""
-    k = canvas_extent(scale, max_scale) / side  # image px per canvas px
-    return np.array([[k, 0.0, center[0] - k * side * 0.5], [0.0, k, center[1] - k * side * 0.5]], dtype=np.float64)
+@dataclass(frozen=True)
+class CanvasFrame:
+    """Where a person's canvas lies in its image.
+
+    Attributes:
+        canvas_to_image: (2, 3) float64 affine from canvas px to image px.
+        hw: canvas (height, width) in px.
+        exact: the canvas is the image's own pixels (an integer translation, no resampling).
+    """
+
+    canvas_to_image: np.ndarray
+    hw: tuple[int, int]
+    exact: bool
+
+
+def canvas_frame(
+    center: np.ndarray, scale: np.ndarray, image_wh: tuple[int, int], side: int, max_scale: float = 1.25
+) -> CanvasFrame:
+    """The canvas of one person (DESIGN decision 1): the reachable square around `center`, cut to the image, at the
+    source's resolution or the densest view's (`side` px across the square), whichever is lower.
+
+    A source coarser than the densest view is never upsampled: the canvas is then an exact crop (image pixels
+    copied, `exact`), so a view from it equals the view from the image. A finer source is sampled at `side` px
+    across the square. Either way the canvas keeps only the part of the square inside the image, plus one canvas
+    pixel of margin; outside it a warp reads zeros, as `cv2.warpAffine` with a constant-0 border reads outside the
+    image.
+
+    Args:
+        center: (2,) person centre in image px.
+        scale: (2,) padded box size in units of 200 px.
+        image_wh: (width, height) of the source image in px.
+        side: `canvas_side` of the model input.
+    """
+    extent = canvas_extent(scale, max_scale)
+    k = max(1.0, extent / side)  # image px per canvas px
+    img_w, img_h = image_wh
+    spans = []
+    for c, size in ((center[0], img_w), (center[1], img_h)):
+        if k == 1.0:
+            lo = max(0, math.floor(c - extent / 2))
+            hi = min(size - 1, math.ceil(c + extent / 2))
+            spans.append((float(lo), max(lo, hi) - lo + 1))
+        else:
+            origin = c - k * side / 2  # image x of canvas column 0 of the full square
+            lo = max(0, math.floor(-origin / k))
+            hi = min(side - 1, math.ceil((size - 1 - origin) / k))
+            spans.append((origin + k * lo, max(lo, hi) - lo + 1))
+    (x0, w), (y0, h) = spans
+    c2i = np.array([[k, 0.0, x0], [0.0, k, y0]], dtype=np.float64)
+    return CanvasFrame(canvas_to_image=c2i, hw=(int(h), int(w)), exact=k == 1.0)

@@ -26,7 +26,7 @@ from sshpe.checkpoint import (
     save_checkpoint,
 )  # fmt: skip
 from sshpe.data.shard_writer import read_manifest, source_file
-from sshpe.data.streams import make_train_loader, make_val_loader
+from sshpe.data.streams import decode_in_workers, make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.evaluate import check_backend
 from sshpe.export import export_model
@@ -159,6 +159,7 @@ def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: 
     loader = make_val_loader(
         shards, recipe.data.val_split, batch_size=recipe.eval.batch_size, rank=accelerator.process_index,
         world_size=accelerator.num_processes, num_workers=min(recipe.data.num_workers, 2),
+        decode=decode_in_workers(recipe.data.decode, accelerator.device),
     )  # fmt: skip
     local = predict_instances(net_fn, loader, recipe, accelerator.device)
     instances = merge_instances(gather_object([local])) if accelerator.num_processes > 1 else local
@@ -249,13 +250,14 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     t = recipe.train
     ub = t.unlabeled_batch_size or t.batch_size
     semi = recipe.teacher.kind != "none"
+    decode = decode_in_workers(recipe.data.decode, accelerator.device)
     lab_it = iter(make_train_loader(
         shards, recipe.data.labeled_split, batch_size=t.batch_size, seed=recipe.seed, rank=rank, world_size=world,
-        num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum,
+        num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum, decode=decode,
     ))  # fmt: skip
     unl_it = iter(make_train_loader(
         shards, recipe.data.unlabeled_split, batch_size=ub, seed=recipe.seed + 1, rank=rank, world_size=world,
-        num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum,
+        num_workers=recipe.data.num_workers, start_batch=start * t.grad_accum, decode=decode,
     )) if semi else None  # fmt: skip
 
     metrics = MetricsLog(run_dir, accelerator, recipe, start)

@@ -15,6 +15,7 @@ import torch
 
 from sshpe.codec import decode_heatmaps, flip_back
 from sshpe.data.shard_writer import source_file
+from sshpe.data.streams import decode_batch
 from sshpe.evaluate import build_results, coco_keypoint_eval, heatmap_to_image, write_results
 from sshpe.pckh import pckh_table
 from sshpe.recipe import Recipe
@@ -23,6 +24,8 @@ from sshpe.views import identity_params, make_view
 
 
 def batch_to_device(batch: dict, device) -> dict:
+    """Move a collated batch to `device`, decoding handed-over JPEG bytes there first (`streams.decode_batch`)."""
+    batch = decode_batch(batch, device)
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 

@@ -97,6 +97,12 @@ class DataCfg(Cfg):
     num_workers: int = Field(
         2, ge=0, le=64, description="DataLoader worker processes per rank (they only decode JPEGs), at most 64"
     )
+    decode: Literal["auto", "worker", "device"] = Field(
+        "auto",
+        description="where canvas JPEGs are decoded: `worker` (DataLoader workers, OpenCV), `device` (the workers "
+        "only read bytes; the training device decodes the batch: nvJPEG on CUDA), `auto` (device on CUDA, worker "
+        "otherwise)",
+    )
 
     @field_validator("input_size")
     @classmethod

@@ -62,11 +62,21 @@ def test_hflip_is_an_involution_and_matches_array_flip():
     torch.testing.assert_close(warped[..., 1:], img.flip(-1)[..., :-1])
 
 
-def test_canvas_covers_every_easy_view():
-    center, scale = np.array([200.0, 150.0]), np.array([0.6, 0.8])
+@pytest.mark.parametrize("scale, exact", [((0.6, 0.8), True), ((2.4, 3.2), False)])
+def test_canvas_covers_every_easy_view(scale, exact):
+    """A person well inside a large image: the canvas holds every easy view's window, at the source's resolution
+    when that is coarser than the densest view (an integer-translation crop), else at the densest view's."""
+    center, scale = np.array([1000.5, 900.25]), np.array(scale)
     side = geometry.canvas_side((256, 192))
     assert side == math.ceil(1.25 / 0.75 * math.hypot(256, 192) / 8) * 8
-    c2i = geometry.canvas_to_image_matrix(center, scale, side)
+    frame = geometry.canvas_frame(center, scale, (3000, 2000), side)
+    c2i, (h, w) = frame.canvas_to_image, frame.hw
+    assert frame.exact == exact and max(h, w) <= side + 2
+    if exact:
+        half = geometry.canvas_extent(scale) / 2
+        assert c2i[:, :2].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+        assert c2i[:, 2].tolist() == [math.floor(center[0] - half), math.floor(center[1] - half)]
+        assert h == math.ceil(center[1] + half) - math.floor(center[1] - half) + 1
     i2c = geometry.invert(torch.tensor(c2i)[None])
     for sf in (0.75, 1.25):
         for r in (-60.0, 0.0, 45.0, 60.0):
@@ -78,7 +88,25 @@ def test_canvas_covers_every_easy_view():
             )
             corners = torch.tensor([[[0.0, 0.0], [191.0, 0.0], [0.0, 255.0], [191.0, 255.0]]], dtype=torch.float64)
             in_canvas = geometry.apply_affine(i2c, geometry.apply_affine(geometry.invert(crop), corners))
-            assert (in_canvas >= -0.5).all() and (in_canvas <= side - 0.5).all()
-            # the canvas has at least the crop's pixel density
+            assert (in_canvas >= 0).all() and (in_canvas[..., 0] <= w - 1).all() and (in_canvas[..., 1] <= h - 1).all()
             density = torch.linalg.det(geometry.compose(crop, torch.tensor(c2i)[None])[:, :, :2]).abs().sqrt()
-            assert density <= 1.0 + 1e-6
+            if exact:  # the view upsamples the source, as the reference's crop of the whole image does
+                assert density > 1.0
+            else:  # the canvas has at least the crop's pixel density
+                assert density <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("center, scale", [((5.0, 100.0), (0.6, 0.8)), ((310.0, 230.0), (2.4, 3.2))])
+def test_canvas_is_cut_to_its_image(center, scale):
+    """The part of the reachable square outside the image is not stored (a warp reads zeros there either way):
+    the canvas spans at most one canvas pixel beyond the image on each side."""
+    frame = geometry.canvas_frame(np.array(center), np.array(scale), (320, 240), geometry.canvas_side((256, 192)))
+    c2i, (h, w) = frame.canvas_to_image, frame.hw
+    k = c2i[0, 0]
+    corners = np.array([[0.0, 0.0], [w - 1.0, h - 1.0]]) @ c2i[:, :2].T + c2i[:, 2]  # canvas corners in image px
+    assert (corners >= -k - 1e-9).all() and (corners <= np.array([319.0, 239.0]) + k + 1e-9).all()
+    half = geometry.canvas_extent(np.array(scale)) / 2
+    for axis, size in ((0, 320), (1, 240)):  # where the square reaches past the image, the canvas reaches its edge
+        assert center[axis] - half > 0 or corners[0, axis] <= 1e-9
+        assert center[axis] + half < size - 1 or corners[1, axis] >= size - 1 - 1e-9
+    assert h * w <= 322 * 242

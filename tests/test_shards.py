@@ -152,9 +152,12 @@ def test_write_read_round_trip_preserves_records(fx, tmp_path):
     inst = _load(fx)
     ds = ValDataset(out, "val")
     assert len(ds) == manifest["splits"]["val"]["count"] == len(inst)
+    exact = sum(geometry.canvas_frame(i.center, i.scale, i.image_size, side).exact for i in inst)
+    assert 0 < exact < len(inst)  # the fixture has persons of both kinds at this input size
     for i, sample in zip(inst, (ds[j] for j in range(len(ds)))):
         rec = sample["record"]
-        c2i = geometry.canvas_to_image_matrix(i.center, i.scale, side)
+        frame = geometry.canvas_frame(i.center, i.scale, i.image_size, side)
+        c2i = frame.canvas_to_image
         assert rec["key"] == f"toy_{i.image_id:012d}_{i.ann_id:012d}"
         assert (rec["dataset"], rec["split"], rec["image_id"], rec["ann_id"]) == ("toy", "val", i.image_id, i.ann_id)
         assert rec["file_name"] == i.file_name and rec["image_size"] == list(i.image_size)
@@ -167,7 +170,10 @@ def test_write_read_round_trip_preserves_records(fx, tmp_path):
         back = kpts_canvas[vis, :2] @ c2i[:, :2].T + c2i[:, 2]  # canvas -> image recovers the labels
         np.testing.assert_allclose(back, i.keypoints[vis, :2], atol=1e-9)
         assert not kpts_canvas[~vis].any()
-        assert sample["canvas"].shape == (side, side, 3) and sample["canvas"].dtype == np.uint8
+        assert sample["canvas"].shape == (*frame.hw, 3) and sample["canvas"].dtype == np.uint8
+    pixels = [ds[j]["canvas"].shape[0] * ds[j]["canvas"].shape[1] for j in range(len(ds))]
+    assert entry["canvas_pixels"] == {"total": sum(pixels), "mean": np.mean(pixels), "median": np.median(pixels),
+                                      "max": max(pixels), "exact_crops": exact}  # fmt: skip
 
 
 def test_writes_are_reproducible_with_and_without_workers(fx, tmp_path):
@@ -244,20 +250,34 @@ def _chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].double()
 
 
-def test_crops_from_canvas_equal_crops_from_image(fx, tmp_path):
-    shard_fixture(fx, tmp_path, shard_size=20)
+@pytest.mark.parametrize("input_hw", [(64, 48), (256, 192)])
+def test_crops_from_canvas_equal_crops_from_image(fx, tmp_path, input_hw):
+    """At 64x48 most of the fixture's sources are finer than the densest view needs (their canvases are
+    downsampled); at 256x192 all are coarser, so every canvas is an exact crop and its views equal the image's."""
+    inst = load_instances(fx.ann_file, fx.images_dir, kind="labeled", aspect=input_hw[1] / input_hw[0], num_joints=K)
+    entry = write_shard_folder(tmp_path, {"train": (inst, {})}, dataset="toy", schema=COCO17, input_hw=input_hw,
+                               sources={}, progress=False).splits["train"]  # fmt: skip
+    n_exact = entry["canvas_pixels"]["exact_crops"]
+    assert n_exact == len(inst) if input_hw == (256, 192) else n_exact < len(inst) // 2
     ds = ValDataset(tmp_path, "train")
-    side, (h_in, w_in) = geometry.canvas_side(INPUT_HW), INPUT_HW
-    for j in (0, 3, 7):
+    side, (h_in, w_in) = geometry.canvas_side(input_hw), input_hw
+    for j in range(len(ds)):
         sample = ds[j]
         rec = sample["record"]
+        exact = rec["canvas_to_image"][0][:2] == [1.0, 0.0] and rec["canvas_to_image"][1][:2] == [0.0, 1.0]
         img = cv2.cvtColor(cv2.imread(str(fx.images_dir / rec["file_name"])), cv2.COLOR_BGR2RGB)
         c2i = torch.tensor([rec["canvas_to_image"]], dtype=torch.float64)
+        h, w = sample["canvas"].shape[:2]
+        assert h * w <= img.shape[0] * img.shape[1] and max(h, w) <= side + 2  # never larger than its source
         # The canvas without JPEG, to separate interpolation error from compression error.
-        exact = cv2.warpAffine(img, cv2.invertAffineTransform(c2i[0].numpy()), (side, side), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
-        assert np.abs(exact.astype(float) - sample["canvas"]).mean() < 2.5  # JPEG q95 and RGB order
-        center, kpts_img = torch.tensor([rec["center"]], dtype=torch.float64), _load(fx)[j].keypoints
+        exact_canvas = cv2.warpAffine(img, cv2.invertAffineTransform(c2i[0].numpy()), (w, h), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+        if exact:  # the image's own pixels: an integer translation
+            x0, y0 = int(rec["canvas_to_image"][0][2]), int(rec["canvas_to_image"][1][2])
+            assert rec["canvas_to_image"] == [[1.0, 0.0, x0], [0.0, 1.0, y0]]
+            np.testing.assert_array_equal(exact_canvas, img[y0 : y0 + h, x0 : x0 + w])
+        assert np.abs(exact_canvas.astype(float) - sample["canvas"]).mean() < 2.5  # JPEG q95 and RGB order
+        center, kpts_img = torch.tensor([rec["center"]], dtype=torch.float64), inst[j].keypoints
         kpts_canvas = torch.tensor([rec["keypoints"]], dtype=torch.float64)[..., :2]
         for f in (0.75, 1.0, 1.25):
             for r in (-60.0, -20.0, 45.0, 60.0):
@@ -265,12 +285,23 @@ def test_crops_from_canvas_equal_crops_from_image(fx, tmp_path):
                 img_to_crop = geometry.crop_matrix(center, scale_x, torch.tensor([r], dtype=torch.float64),
                                                    (w_in, h_in))  # fmt: skip
                 canvas_to_crop = geometry.compose(img_to_crop, c2i)
-                ref = geometry.warp_images(_chw(img), img_to_crop, INPUT_HW)
-                assert (geometry.warp_images(_chw(exact), canvas_to_crop, INPUT_HW) - ref).abs().mean() < 3.0
-                assert (geometry.warp_images(_chw(sample["canvas"]), canvas_to_crop, INPUT_HW) - ref).abs().mean() < 5
-                # The whole crop window lies inside the canvas (the reachable region, not just the box).
-                ones = torch.ones(1, 1, side, side, dtype=torch.float64)
-                assert geometry.warp_images(ones, canvas_to_crop, INPUT_HW).min() > 0.999
+                ref = geometry.warp_images(_chw(img), img_to_crop, input_hw)
+                from_exact = geometry.warp_images(_chw(exact_canvas), canvas_to_crop, input_hw)
+                if exact:
+                    torch.testing.assert_close(from_exact, ref, atol=1e-9, rtol=0)  # the same pixels, the same view
+                else:
+                    assert (from_exact - ref).abs().mean() < 3.0
+                assert (geometry.warp_images(_chw(sample["canvas"]), canvas_to_crop, input_hw) - ref).abs().mean() < 5
+                # Every pixel of the view that the image covers, the canvas covers (the reachable region, cut to
+                # the image); a resampled canvas's one-pixel margin may reach past the image (black there).
+                cover_img = geometry.warp_images(torch.ones(1, 1, *img.shape[:2], dtype=torch.float64), img_to_crop,
+                                                 input_hw)  # fmt: skip
+                cover_canvas = geometry.warp_images(torch.ones(1, 1, h, w, dtype=torch.float64), canvas_to_crop,
+                                                    input_hw)  # fmt: skip
+                if exact:
+                    torch.testing.assert_close(cover_canvas, cover_img, atol=1e-9, rtol=0)
+                else:
+                    assert (cover_img - cover_canvas).max() < 0.5
                 vis = kpts_img[:, 2] > 0
                 via_img = geometry.apply_affine(img_to_crop, torch.from_numpy(kpts_img[None, :, :2]))
                 via_canvas = geometry.apply_affine(canvas_to_crop, kpts_canvas)

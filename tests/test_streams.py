@@ -16,6 +16,8 @@ from sshpe.data.streams import (
     TrainStream,
     ValDataset,
     collate,
+    decode_batch,
+    decode_in_workers,
     index_shard,
     make_train_loader,
     make_val_loader,
@@ -59,18 +61,50 @@ def test_collate_shapes_dtypes_and_frames(shard_dirs):
     ds = ValDataset(shard_dirs["few"], "val")
     samples = [ds[i] for i in range(3)]
     b = collate(samples)
-    side = geometry.canvas_side(INPUT_HW)
-    assert b["canvas"].shape == (3, 3, side, side) and b["canvas"].dtype == torch.uint8
+    sizes = [s["canvas"].shape[:2] for s in samples]
+    assert len(set(sizes)) > 1  # canvases of different sizes: padded to the largest, each at the top left
+    h, w = max(hw[0] for hw in sizes), max(hw[1] for hw in sizes)
+    assert b["canvas"].shape == (3, 3, h, w) and b["canvas"].dtype == torch.uint8 and max(h, w) <= geometry.canvas_side(
+        INPUT_HW)  # fmt: skip
+    for i, (hi, wi) in enumerate(sizes):
+        assert torch.equal(b["canvas"][i, :, :hi, :wi], torch.from_numpy(samples[i]["canvas"]).permute(2, 0, 1))
+        assert not b["canvas"][i, :, hi:].any() and not b["canvas"][i, :, :, wi:].any()
     assert b["kpts"].shape == (3, K, 2) and b["kpts"].dtype == torch.float32
     assert b["vis"].shape == (3, K) and b["vis"].dtype == torch.float32
     assert b["center"].dtype == b["scale"].dtype == b["canvas_to_image"].dtype == torch.float64
     assert b["canvas_to_image"].shape == (3, 2, 3) and b["score"].dtype == torch.float32
     assert b["image_id"].dtype == b["ann_id"].dtype == torch.int64 and len(b["key"]) == 3
-    assert torch.equal(b["canvas"][1], torch.from_numpy(samples[1]["canvas"]).permute(2, 0, 1))
     rec = samples[2]["record"]
     assert b["kpts"][2].tolist() == [[pytest.approx(x), pytest.approx(y)] for x, y, _ in rec["keypoints"]]
     assert b["vis"][2].tolist() == [v for _, _, v in rec["keypoints"]]
     assert b["ann_id"][2].item() == rec["ann_id"] and b["key"][2] == rec["key"]
+
+
+def test_device_decode_equals_worker_decode(shard_dirs):
+    """`decode=False` hands the JPEG bytes over; `decode_batch` on the device gives the workers' pixels exactly."""
+    kw = dict(batch_size=5, rank=0, world_size=1, num_workers=0)
+    worker = list(make_val_loader(shard_dirs["few"], "val", **kw))
+    device = list(make_val_loader(shard_dirs["few"], "val", decode=False, **kw))
+    assert [len(b["key"]) for b in device] == [5, 5, 2]
+    for a, b in zip(worker, device):
+        assert "canvas" not in b and b["jpeg"].dtype == torch.uint8 and b["jpeg_offsets"].shape == (len(b["key"]) + 1,)
+        decoded = decode_batch(b, "cpu")
+        assert set(decoded) == set(a) and torch.equal(decoded["canvas"], a["canvas"])
+        assert all(torch.equal(decoded[k], a[k]) for k in a if torch.is_tensor(a[k]))
+    assert decode_batch(worker[0], "cpu") is worker[0]  # already decoded: unchanged
+    assert [decode_in_workers(m, d) for m, d in [("auto", "cpu"), ("auto", "cuda"), ("worker", "cuda"),
+                                                 ("device", "cpu")]] == [True, False, True, False]  # fmt: skip
+
+
+def test_device_decode_names_the_samples_of_a_bad_jpeg(shard_dirs):
+    batch = next(iter(make_val_loader(shard_dirs["few"], "val", batch_size=2, rank=0, world_size=1, num_workers=0,
+                                      decode=False)))  # fmt: skip
+    broken = batch["jpeg"].clone()
+    end = int(batch["jpeg_offsets"][1])
+    broken[200 : end - 2] = 0  # the scan data of the first JPEG, markers kept
+    broken[2:20] = 0  # and its header
+    with pytest.raises(ShardError, match=rf"{batch['key'][0]}.*does not decode on cpu.*data.decode: worker"):
+        decode_batch(batch | {"jpeg": broken}, "cpu")
 
 
 @pytest.mark.parametrize("layout", ["many", "one"])  # whole shards per rank / strided samples

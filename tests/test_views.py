@@ -101,3 +101,19 @@ def test_bgr_reverses_channels():
     bgr = make_view(batch, params, (8, 8), COCO17.flip_index(), mean=(0, 0, 0), std=(1, 1, 1), color="bgr").img
     assert rgb[0, 0, 4, 4] > 0.9 and rgb[0, 2, 4, 4] == 0
     assert bgr[0, 2, 4, 4] > 0.9 and bgr[0, 0, 4, 4] == 0
+
+
+def test_views_of_a_padded_batch_equal_views_of_each_canvas(smoke_shards):
+    """Canvases of different sizes batch by zero padding; each view equals the one made from its canvas alone."""
+    ds = ValDataset(smoke_shards, "val")
+    samples = [ds[i] for i in range(len(ds))]
+    assert len({s["canvas"].shape for s in samples}) > 1
+    gen = torch.Generator().manual_seed(0)
+    params = sample_easy_params(len(samples), scale_factor=0.35, rot_factor=45, rot_prob=1.0, flip=True, generator=gen)
+    kw = dict(mean=MEAN, std=STD, color="rgb")
+    together = make_view(collate(samples), params, (64, 48), COCO17.flip_index(), **kw)
+    for i, s in enumerate(samples):
+        p = EasyParams(params.scale[i : i + 1], params.rot[i : i + 1], params.flip[i : i + 1])
+        alone = make_view(collate([s]), p, (64, 48), COCO17.flip_index(), **kw)
+        torch.testing.assert_close(together.img[i : i + 1], alone.img, atol=1e-3, rtol=0)  # float32 grids
+        torch.testing.assert_close(together.kpts[i : i + 1], alone.kpts)

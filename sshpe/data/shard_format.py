@@ -42,11 +42,22 @@ class ShardEntry(_Strict):
     size: int | None = Field(None, ge=0, description="tar size in bytes (absent in manifests of older writers)")
 
 
+class CanvasPixels(_Strict):
+    total: int = Field(ge=0, description="pixels of all the split's canvases (what one epoch decodes)")
+    mean: float = Field(ge=0, description="pixels per canvas, mean")
+    median: float = Field(ge=0, description="pixels per canvas, median")
+    max: int = Field(ge=0, description="pixels of the largest canvas")
+    exact_crops: int = Field(ge=0, description="canvases that are the source's own pixels (not resampled)")
+
+
 class SplitEntry(_Strict):
     count: int = Field(ge=1, description="samples in the split")
     shards: tuple[ShardEntry, ...] = Field(min_length=1, description="the split's tars in sample order")
     skipped: dict[str, int] = Field(
         default_factory=dict, description="invalid annotations/images skipped by --skip-invalid, by reason"
+    )
+    canvas_pixels: CanvasPixels | None = Field(
+        None, description="canvas sizes (absent for writers before variable canvases: canvas_side square each)"
     )
 
     @model_validator(mode="after")
@@ -69,7 +80,7 @@ class Manifest(_Strict):
     schema_: SchemaFile = Field(alias="schema", description="keypoint schema of the records (a schema file, in full)")
     input_size: tuple[int, int] = Field(description="model input (H, W) the canvases serve")
     aspect: float = Field(gt=0, description="W / H of the model input")
-    canvas_side: int = Field(ge=1, description="canvas side in px")
+    canvas_side: int = Field(ge=1, description="largest canvas side in px (the densest view's)")
     max_scale: float = Field(gt=0)
     min_scale: float = Field(gt=0)
     padding: float = Field(gt=0)

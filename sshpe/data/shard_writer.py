@@ -50,16 +50,16 @@ def _truncation(data: bytes) -> str | None:
     return None
 
 
-def _render_canvas(job: tuple[str, str, np.ndarray, int, int]) -> bytes | Invalid:
-    """Read one image, warp its canvas and JPEG-encode it (runs in pool workers).
+def _render_canvas(job: tuple[str, str, geometry.CanvasFrame, int]) -> bytes | Invalid:
+    """Read one image, cut or warp its canvas and JPEG-encode it (runs in pool workers).
 
     Args:
-        job: (image path, what to call the box in errors, (2, 3) `img_to_canvas`, canvas side px, JPEG quality).
+        job: (image path, what to call the box in errors, the canvas frame (`geometry.canvas_frame`), JPEG quality).
 
     Returns:
-        A standard (colour-correct) JPEG of the (side, side) canvas, or why the image cannot be used.
+        A standard (colour-correct) JPEG of the canvas, or why the image cannot be used.
     """
-    path, label, img_to_canvas, side, quality = job
+    path, label, frame, quality = job
     try:
         data = Path(path).read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -71,14 +71,29 @@ def _render_canvas(job: tuple[str, str, np.ndarray, int, int]) -> bytes | Invali
     if img_bgr is None:
         return Invalid("undecodable_image", f"image {path} ({label}) could not be decoded; replace the file or drop "
                                             "the image")  # fmt: skip
-    # Warping the BGR array and encoding it with OpenCV stores a normal JPEG: decoders give the right colours.
-    canvas = cv2.warpAffine(
-        img_bgr, img_to_canvas, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
-    )
+    # Cutting or warping the BGR array and encoding it with OpenCV stores a normal JPEG: decoders give the right
+    # colours.
+    h, w = frame.hw
+    if frame.exact:
+        canvas = _cut(img_bgr, int(frame.canvas_to_image[0, 2]), int(frame.canvas_to_image[1, 2]), h, w)
+    else:
+        canvas = cv2.warpAffine(img_bgr, _invert_affine(frame.canvas_to_image), (w, h), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
     ok, buf = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError(f"JPEG encoding failed for {path} ({label})")
     return buf.tobytes()
+
+
+def _cut(img: np.ndarray, x0: int, y0: int, h: int, w: int) -> np.ndarray:
+    """The (h, w) window of `img` at column x0, row y0; pixels outside the image are 0 (an image smaller than its
+    annotation says reads as the warp of the whole image would)."""
+    window = img[y0 : y0 + h, x0 : x0 + w]
+    if window.shape[:2] == (h, w):
+        return np.ascontiguousarray(window)
+    out = np.zeros((h, w, img.shape[2]), img.dtype)
+    out[: window.shape[0], : window.shape[1]] = window
+    return out
 
 
 def _invert_affine(m: np.ndarray) -> np.ndarray:
@@ -188,7 +203,9 @@ def write_split(
         folder: where the tars go (created if needed).
         dataset: dataset name used in keys and file names.
         split: split name ("labeled", "val", "unlabeled", ...).
-        canvas: canvas side in px (`geometry.canvas_side` of the model input).
+        canvas: the largest canvas side in px (`geometry.canvas_side` of the model input); each canvas is the
+            person's reachable square cut to its image, at this density or the source's, whichever is lower
+            (`geometry.canvas_frame`).
         shard_size: samples per tar.
         jpeg_quality: JPEG quality of the canvases.
         workers: decode/warp/encode processes (0: in this process).
@@ -196,7 +213,8 @@ def write_split(
         progress: show a rich progress bar.
 
     Returns:
-        The split's manifest entry `{"count", "shards": [{"name", "count", "sha256", "size"}], "skipped"}`.
+        The split's manifest entry `{"count", "shards": [{"name", "count", "sha256", "size"}], "skipped",
+        "canvas_pixels": {"total", "mean", "median", "max", "exact_crops"}}`.
 
     Raises:
         InvalidImage: an image cannot be used (without `skip_invalid`); it names the file and the annotation.
@@ -209,15 +227,13 @@ def write_split(
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    c2i = [geometry.canvas_to_image_matrix(inst.center, inst.scale, canvas, MAX_SCALE) for inst in instances]
-    jobs = [
-        (str(inst.image_path), _describe(inst), _invert_affine(m), canvas, jpeg_quality)
-        for inst, m in zip(instances, c2i)
-    ]
+    frames = [geometry.canvas_frame(i.center, i.scale, i.image_size, canvas, MAX_SCALE) for i in instances]
+    jobs = [(str(i.image_path), _describe(i), f, jpeg_quality) for i, f in zip(instances, frames)]
     keys = [f"{dataset}_{inst.image_id:012d}_{idx:012d}" for inst, idx in zip(instances, _sample_index(instances))]
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate sample keys in split {split!r}: the instances repeat an (image_id, ann_id)")
     tars = _TarSequence(folder, dataset, split, shard_size)
+    stats = _CanvasStats()
     skipped: dict[str, int] = {}
     columns = (TextColumn(f"shard {dataset}/{split}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                TimeElapsedColumn())  # fmt: skip
@@ -236,15 +252,34 @@ def write_split(
                         raise InvalidImage(f"{jpg.message} (or pass --skip-invalid to skip such images)")
                     skipped[jpg.reason] = skipped.get(jpg.reason, 0) + 1
                     continue
-                record = _record(instances[i], keys[i], dataset, split, c2i[i])
+                record = _record(instances[i], keys[i], dataset, split, frames[i].canvas_to_image)
                 tars.add({"__key__": keys[i], "jpg": jpg, "json": json.dumps(record).encode()})
+                stats.add(frames[i])
         except BaseException:
             tars.abandon()
             raise
     entries = tars.close()
     if not entries:
         raise InvalidImage(f"split {split!r}: every image was skipped as invalid ({skipped}); nothing to write")
-    return {"count": sum(e["count"] for e in entries), "shards": entries, "skipped": skipped}
+    return {"count": sum(e["count"] for e in entries), "shards": entries, "skipped": skipped,
+            "canvas_pixels": stats.summary()}  # fmt: skip
+
+
+class _CanvasStats:
+    """Pixel counts of a split's canvases, for the manifest (how much each epoch decodes)."""
+
+    def __init__(self) -> None:
+        self.pixels: list[int] = []
+        self.exact = 0
+
+    def add(self, frame: geometry.CanvasFrame) -> None:
+        self.pixels.append(frame.hw[0] * frame.hw[1])
+        self.exact += frame.exact
+
+    def summary(self) -> dict:
+        px = np.asarray(self.pixels, dtype=np.int64)
+        return {"total": int(px.sum()), "mean": float(px.mean()), "median": float(np.median(px)),
+                "max": int(px.max()), "exact_crops": self.exact}  # fmt: skip
 
 
 class _TarSequence:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from sshpe.data.shard_format import ShardFormatError, check_record
 from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest, sha256_file
@@ -108,15 +110,21 @@ def _read_bytes(path: Path, span: tuple[int, int]) -> bytes:
     return os.pread(cached[1], size, offset)
 
 
-def read_sample(path: Path, loc: SampleLoc, num_joints: int | None = None) -> dict:
-    """Decode one sample; with `num_joints` its record is also checked (`shard_format.check_record`).
+def read_sample(path: Path, loc: SampleLoc, num_joints: int | None = None, *, decode: bool = True) -> dict:
+    """Read one sample, decoding its JPEG (or, with `decode=False`, only checking that its bytes are a whole JPEG);
+    with `num_joints` its record is also checked (`shard_format.check_record`).
 
     Returns:
-        {"canvas": (S, S, 3) uint8 RGB canvas, "record": the JSON record (frames in shards/README.md)}.
+        {"canvas": (H, W, 3) uint8 RGB canvas, or "jpeg": its (N,) uint8 encoded bytes; "record": the JSON record
+        (frames in shards/README.md)}.
     """
     jpg = np.frombuffer(_read_bytes(path, loc.jpg), dtype=np.uint8)
-    canvas = cv2.imdecode(jpg, cv2.IMREAD_COLOR) if jpg.size else None
-    if canvas is None:
+    if decode:
+        canvas = cv2.imdecode(jpg, cv2.IMREAD_COLOR) if jpg.size else None
+        ok = canvas is not None
+    else:  # the device decodes: catch what would fail there cheaply, here, where the shard can be named
+        ok = jpg.size > 4 and jpg[0] == 0xFF and jpg[1] == 0xD8 and jpg[-2] == 0xFF and jpg[-1] == 0xD9
+    if not ok:
         raise ShardError(f"corrupt sample {loc.key!r} in shard {path}: its JPEG does not decode; re-run `sshpe shard`")
     try:
         record = json.loads(_read_bytes(path, loc.json))
@@ -125,29 +133,90 @@ def read_sample(path: Path, loc: SampleLoc, num_joints: int | None = None) -> di
                          ) from None  # fmt: skip
     if num_joints is not None:
         check_record(record, num_joints=num_joints, shard=path, key=loc.key)
+    if not decode:
+        return {"jpeg": jpg, "record": record}
     return {"canvas": cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB), "record": record}
+
+
+def pad_stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack (3, H_i, W_i) canvases into (B, 3, H_max, W_max), each at the top left, zeros elsewhere.
+
+    Canvas coordinates are pixels from the top-left corner, so every record's maps stay valid, and a warp reads
+    zeros beyond a canvas as it would beyond the canvas alone (`geometry.warp_images`).
+    """
+    h = max(int(im.shape[1]) for im in images)
+    w = max(int(im.shape[2]) for im in images)
+    if all(im.shape[1] == h and im.shape[2] == w for im in images):
+        return torch.stack(images)
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    for i, im in enumerate(images):
+        out[i, :, : im.shape[1], : im.shape[2]] = im
+    return out
+
+
+def _pack_jpegs(jpegs: list[np.ndarray]) -> dict:
+    """JPEG bytes of a batch as one flat tensor and offsets (one shared-memory block through the DataLoader)."""
+    offsets = np.zeros(len(jpegs) + 1, dtype=np.int64)
+    np.cumsum([j.size for j in jpegs], out=offsets[1:])
+    return {"jpeg": torch.from_numpy(np.concatenate(jpegs)), "jpeg_offsets": torch.from_numpy(offsets)}
+
+
+def decode_batch(batch: dict, device: torch.device | str) -> dict:
+    """Finish a batch collated with `decode=False`: decode its JPEGs on `device` (nvJPEG, batched, on CUDA; libjpeg
+    on CPU, the same pixels as the workers' OpenCV decode) into "canvas" (B, 3, H_max, W_max) uint8 RGB. A batch
+    that holds canvases already is returned as it is.
+
+    Raises:
+        ShardError: a JPEG does not decode; the message names the sample keys of the batch.
+    """
+    if "jpeg" not in batch:
+        return batch
+    out = dict(batch)
+    data, offsets = out.pop("jpeg"), out.pop("jpeg_offsets").tolist()
+    chunks = [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    device = torch.device(device)
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec (still supported)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as err:
+        raise ShardError(f"a JPEG of the batch with samples {out['key']} does not decode on {device} ({err}); "
+                         "re-run `sshpe shard`, or set data.decode: worker") from None  # fmt: skip
+    out["canvas"] = pad_stack(images)
+    return out
+
+
+def decode_in_workers(mode: str, device: torch.device | str) -> bool:
+    """Resolve `data.decode` (auto | worker | device) for a training device: True = the DataLoader workers decode."""
+    if mode not in ("auto", "worker", "device"):
+        raise ValueError(f"data.decode must be auto, worker or device, got {mode!r}")
+    return mode == "worker" or (mode == "auto" and torch.device(device).type != "cuda")
 
 
 def collate(samples: list[dict]) -> dict:
     """Stack decoded samples into a batch.
 
     Returns:
-        "canvas" (B, 3, S, S) uint8 RGB; "kpts" (B, K, 2) float32 canvas px; "vis" (B, K) float32 COCO v;
-        "center" (B, 2) float64 image px; "scale" (B, 2) float64 (200-px units); "canvas_to_image" (B, 2, 3)
-        float64; "score" (B,) float32; "raw_bbox" (B, 4) float64 the source's box (x, y, w, h) in image px;
-        "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has the unlabeled split's hidden ground
-        truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K): for pseudo-label metrics only
+        "canvas" (B, 3, H, W) uint8 RGB (canvases of different sizes padded to the largest, `pad_stack`) or, for
+        samples read with `decode=False`, "jpeg" (N,) uint8 bytes and "jpeg_offsets" (B + 1,) int64 that
+        `decode_batch` turns into "canvas" on the training device; "kpts" (B, K, 2) float32 canvas px; "vis" (B, K)
+        float32 COCO v; "center" (B, 2) float64 image px; "scale" (B, 2) float64 (200-px units); "canvas_to_image"
+        (B, 2, 3) float64; "score" (B,) float32; "raw_bbox" (B, 4) float64 the source's box (x, y, w, h) in image
+        px; "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has the unlabeled split's hidden
+        ground truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K): for pseudo-label metrics only
         (`sshpe.step.train_step` never reads them).
     """
     recs = [s["record"] for s in samples]
-    canvas = torch.from_numpy(np.stack([s["canvas"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    if "jpeg" in samples[0]:
+        pixels = _pack_jpegs([s["jpeg"] for s in samples])
+    else:
+        pixels = {"canvas": pad_stack([torch.from_numpy(s["canvas"]).permute(2, 0, 1) for s in samples])}
     kpts = torch.tensor([r["keypoints"] for r in recs], dtype=torch.float32)
     hidden = {}
     if all("hidden_keypoints" in r for r in recs):
         h = torch.tensor([r["hidden_keypoints"] for r in recs], dtype=torch.float32)
         hidden = {"hidden_kpts": h[..., :2].contiguous(), "hidden_vis": h[..., 2].contiguous()}
-    return hidden | {
-        "canvas": canvas,
+    fields = {
         "kpts": kpts[..., :2].contiguous(),
         "vis": kpts[..., 2].contiguous(),
         "center": torch.tensor([r["center"] for r in recs], dtype=torch.float64),
@@ -160,13 +229,15 @@ def collate(samples: list[dict]) -> dict:
         "ann_id": torch.tensor([r["ann_id"] for r in recs], dtype=torch.int64),
         "key": [r["key"] for r in recs],
     }
+    return hidden | pixels | fields
 
 
 class _SplitReader:
     """The shards of one split of a manifest, checked against it: existence and byte size at construction, sha256
     at each shard's first read in a process, every record's schema at read; reads samples by (shard, position)."""
 
-    def __init__(self, manifest_dir: Path, split: str) -> None:
+    def __init__(self, manifest_dir: Path, split: str, *, decode: bool = True) -> None:
+        self.decode = decode
         self.manifest_dir = Path(manifest_dir)
         self.manifest = read_manifest(self.manifest_dir)
         if split not in self.manifest["splits"]:
@@ -203,7 +274,7 @@ class _SplitReader:
                 f"shard {path} holds {len(locs)} samples but the manifest says {self.counts[shard]}; "
                 "it is corrupt or stale, run `sshpe shard` again"
             )
-        return read_sample(path, locs[pos], self.num_joints)
+        return read_sample(path, locs[pos], self.num_joints, decode=self.decode)
 
 
 class OneLineErrors(DataLoader):
@@ -273,6 +344,7 @@ class TrainStream(IterableDataset):
         rank, world_size: this process's place among the data-parallel ranks.
         batch_size: samples per yielded batch (per rank).
         start_batch: DataLoader batch index to resume from.
+        decode: decode the JPEGs here (in the worker); False hands their bytes over (`decode_batch`).
     """
 
     def __init__(
@@ -285,6 +357,7 @@ class TrainStream(IterableDataset):
         world_size: int,
         batch_size: int,
         start_batch: int = 0,
+        decode: bool = True,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -292,7 +365,7 @@ class TrainStream(IterableDataset):
             raise ValueError(
                 f"need batch_size > 0, start_batch >= 0, seed >= 0; got {batch_size}, {start_batch}, {seed}"
             )
-        self.reader = _SplitReader(manifest_dir, split)
+        self.reader = _SplitReader(manifest_dir, split, decode=decode)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batch_size, self.start_batch = batch_size, start_batch
 
@@ -329,6 +402,7 @@ def make_train_loader(
     world_size: int,
     num_workers: int,
     start_batch: int = 0,
+    decode: bool = True,
 ) -> DataLoader:
     """DataLoader over a `TrainStream` (the stream batches; persistent workers keep their epoch position)."""
     stream = TrainStream(
@@ -339,6 +413,7 @@ def make_train_loader(
         world_size=world_size,
         batch_size=batch_size,
         start_batch=start_batch,
+        decode=decode,
     )
     return OneLineErrors(
         stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=False
@@ -353,13 +428,16 @@ def make_train_loader(
 class ValDataset(Dataset):
     """Every sample of a split exactly once over all ranks: rank r reads global samples r, r + world_size, ...
 
-    Items are {"canvas": (S, S, 3) uint8 RGB, "record": dict}; batch them with `collate`.
+    Items are `read_sample`'s {"canvas": (H, W, 3) uint8 RGB (or "jpeg" bytes with `decode=False`), "record": dict};
+    batch them with `collate`.
     """
 
-    def __init__(self, manifest_dir: Path, split: str = "val", *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, manifest_dir: Path, split: str = "val", *, rank: int = 0, world_size: int = 1, decode: bool = True
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.reader = _SplitReader(manifest_dir, split)
+        self.reader = _SplitReader(manifest_dir, split, decode=decode)
         self.units = self.reader.units()[rank::world_size]
 
     def __len__(self) -> int:
@@ -370,10 +448,17 @@ class ValDataset(Dataset):
 
 
 def make_val_loader(
-    manifest_dir: Path, split: str = "val", *, batch_size: int, rank: int, world_size: int, num_workers: int
+    manifest_dir: Path,
+    split: str = "val",
+    *,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    decode: bool = True,
 ) -> DataLoader:
-    """Ordered, unpadded DataLoader over this rank's `ValDataset` share."""
-    ds = ValDataset(manifest_dir, split, rank=rank, world_size=world_size)
+    """Ordered, unpadded DataLoader over this rank's `ValDataset` share (`decode`: as `TrainStream`)."""
+    ds = ValDataset(manifest_dir, split, rank=rank, world_size=world_size, decode=decode)
     return OneLineErrors(
         ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate, drop_last=False
     )
