@@ -75,6 +75,17 @@ def test_resume_is_exact(smoke_shards, tmp_path):
     assert resumed == [2, 4, 6]
 
 
+def test_device_decode_trains_like_worker_decode(smoke_shards, tmp_path):
+    """`data.decode: device` (workers hand JPEG bytes over, the training device decodes the batch) gives the workers'
+    pixels, so the same weights and scores (bitwise on CPU)."""
+    stats = {m: fit(smoke_recipe(smoke_shards, "train.eval_every=0", f"data.decode={m}"), tmp_path / m)
+             for m in ("worker", "device")}  # fmt: skip
+    a = load_file(str(tmp_path / "worker" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "device" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert stats["worker"] == stats["device"]
+
+
 def test_torn_checkpoint_is_never_picked(smoke_shards, tmp_path):
     run = tmp_path / "run"
     fit(smoke_recipe(smoke_shards, "train.duration=2"), run)

@@ -193,3 +193,17 @@ def test_reader_errors_name_the_file(shard_dirs, tmp_path):
     with pytest.raises(ShardError) as info:
         read_sample(shard, loc)  # below the checksum, the decoder names the sample
     assert str(shard) in str(info.value) and loc.key in str(info.value) and "JPEG does not decode" in str(info.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decoding needs a CUDA device (none here); the CPU "
+                    "hand-over path is tested above and in test_e2e")  # fmt: skip
+def test_cuda_decode_matches_cpu_decode(shard_dirs):
+    """On CUDA, `decode_batch` decodes the batch with nvJPEG; its pixels agree with libjpeg's to within IDCT and
+    chroma-upsampling rounding, and the batch comes back on the device."""
+    batch = next(iter(make_val_loader(shard_dirs["few"], "val", batch_size=5, rank=0, world_size=1, num_workers=0,
+                                      decode=False)))  # fmt: skip
+    cpu = decode_batch(batch, "cpu")["canvas"]
+    gpu = decode_batch(batch, "cuda")["canvas"]
+    assert gpu.device.type == "cuda" and gpu.shape == cpu.shape and gpu.dtype == torch.uint8
+    diff = (gpu.cpu().float() - cpu.float()).abs()
+    assert diff.mean() < 1.0 and diff.max() <= 16
