@@ -313,3 +313,17 @@ def test_shard_refuses_an_input_size_no_recipe_accepts(synth_root, tmp_path):
     with pytest.raises(ValueError, match=r"--input-size 100x75: .* multiples of 32 .*; no recipe could train"):
         shard_dataset(find_sources(synth_root), out, dataset="synth", input_hw=(100, 75), progress=False)
     assert not out.exists()
+
+
+def test_manifests_of_older_writers_still_read(fx, tmp_path):
+    """Writers before variable canvases stored no canvas_pixels (every canvas was a canvas_side square); their
+    manifests validate and their samples read and batch as before."""
+    shard_fixture(fx, tmp_path, shard_size=5)
+    path = tmp_path / "manifest.json"
+    raw = json.loads(path.read_text())
+    for entry in raw["splits"].values():
+        del entry["canvas_pixels"]
+    path.write_text(json.dumps(raw))
+    assert read_manifest(tmp_path)["splits"]["train"]["canvas_pixels"] is None
+    ds = ValDataset(tmp_path, "train")
+    assert len(ds) == 12 and ds[3]["canvas"].ndim == 3
