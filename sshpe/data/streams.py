@@ -139,19 +139,22 @@ def read_sample(path: Path, loc: SampleLoc, num_joints: int | None = None, *, de
 
 
 def pad_stack(images: list[torch.Tensor]) -> torch.Tensor:
-    """Stack (3, H_i, W_i) canvases into (B, 3, H_max, W_max), each at the top left, zeros elsewhere.
+    """Stack (H_i, W_i, 3) canvases into a (B, 3, H_max, W_max) batch, each at the top left, zeros elsewhere.
 
     Canvas coordinates are pixels from the top-left corner, so every record's maps stay valid, and a warp reads
-    zeros beyond a canvas as it would beyond the canvas alone (`geometry.warp_images`).
+    zeros beyond a canvas as it would beyond the canvas alone (`geometry.warp_images`). The batch is stored
+    channels-last (a (B, H, W, 3) buffer seen as (B, 3, H, W)): filling it copies whole rows of each canvas, where a
+    contiguous (B, 3, H, W) batch would cost a transposing copy of every pixel.
     """
-    h = max(int(im.shape[1]) for im in images)
-    w = max(int(im.shape[2]) for im in images)
-    if all(im.shape[1] == h and im.shape[2] == w for im in images):
-        return torch.stack(images)
-    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    h = max(int(im.shape[0]) for im in images)
+    w = max(int(im.shape[1]) for im in images)
+    out = torch.empty((len(images), h, w, images[0].shape[2]), dtype=images[0].dtype, device=images[0].device)
     for i, im in enumerate(images):
-        out[i, :, : im.shape[1], : im.shape[2]] = im
-    return out
+        hi, wi = int(im.shape[0]), int(im.shape[1])
+        out[i, :hi, :wi] = im
+        out[i, hi:] = 0
+        out[i, :hi, wi:] = 0
+    return out.permute(0, 3, 1, 2)
 
 
 def _pack_jpegs(jpegs: list[np.ndarray]) -> dict:
@@ -182,7 +185,7 @@ def decode_batch(batch: dict, device: torch.device | str) -> dict:
     except RuntimeError as err:
         raise ShardError(f"a JPEG of the batch with samples {out['key']} does not decode on {device} ({err}); "
                          "re-run `sshpe shard`, or set data.decode: worker") from None  # fmt: skip
-    out["canvas"] = pad_stack(images)
+    out["canvas"] = pad_stack([im.permute(1, 2, 0) for im in images])
     return out
 
 
@@ -197,7 +200,8 @@ def collate(samples: list[dict]) -> dict:
     """Stack decoded samples into a batch.
 
     Returns:
-        "canvas" (B, 3, H, W) uint8 RGB (canvases of different sizes padded to the largest, `pad_stack`) or, for
+        "canvas" (B, 3, H, W) uint8 RGB, stored channels-last (canvases of different sizes padded to the largest,
+        `pad_stack`) or, for
         samples read with `decode=False`, "jpeg" (N,) uint8 bytes and "jpeg_offsets" (B + 1,) int64 that
         `decode_batch` turns into "canvas" on the training device; "kpts" (B, K, 2) float32 canvas px; "vis" (B, K)
         float32 COCO v; "center" (B, 2) float64 image px; "scale" (B, 2) float64 (200-px units); "canvas_to_image"
@@ -210,7 +214,7 @@ def collate(samples: list[dict]) -> dict:
     if "jpeg" in samples[0]:
         pixels = _pack_jpegs([s["jpeg"] for s in samples])
     else:
-        pixels = {"canvas": pad_stack([torch.from_numpy(s["canvas"]).permute(2, 0, 1) for s in samples])}
+        pixels = {"canvas": pad_stack([torch.from_numpy(s["canvas"]) for s in samples])}
     kpts = torch.tensor([r["keypoints"] for r in recs], dtype=torch.float32)
     hidden = {}
     if all("hidden_keypoints" in r for r in recs):
