@@ -205,9 +205,9 @@ def collate(samples: list[dict]) -> dict:
         int64 that `decode_batch` turns into "canvas" on the training device; "kpts" (B, K, 2) float32 canvas px;
         "vis" (B, K) float32 COCO v; "center" (B, 2) float64 image px; "scale" (B, 2) float64 (200-px units);
         "canvas_to_image" (B, 2, 3) float64; "score" (B,) float32; "raw_bbox" (B, 4) float64 the source's box
-        (x, y, w, h) in image px; "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has the unlabeled split's hidden
-        ground truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K): for pseudo-label metrics only
-        (`sshpe.step.train_step` never reads them).
+        (x, y, w, h) in image px; "image_id", "ann_id" (B,) int64; "key" list[str]. When every record has the
+        unlabeled split's hidden ground truth, also "hidden_kpts" (B, K, 2) canvas px and "hidden_vis" (B, K): for
+        pseudo-label metrics only (`sshpe.step.train_step` never reads them).
     """
     recs = [s["record"] for s in samples]
     if "jpeg" in samples[0]:
