@@ -154,8 +154,8 @@ def _photometric(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
     out = cv2.GaussianBlur(img, (0, 0), sigma_blur) if blur else img
     out = cv2.addWeighted(out, alpha, out, 0.0, beta, dtype=cv2.CV_16S)  # alpha * img + beta, rounded
     h, w = img.shape[:2]  # pixel noise from a 64-px tile at a random offset (its period is invisible at this std)
-    noise = np.tile(tile, (h // 64 + 2, w // 64 + 2, 1))[dy : dy + h, dx : dx + w]
-    return np.clip(out + noise, 0, 255).astype(np.uint8)
+    noise = np.tile(tile, ((dy + h + 63) // 64, (dx + w + 63) // 64, 1))[dy : dy + h, dx : dx + w]
+    return cv2.add(out, noise, dtype=cv2.CV_8U)  # saturating: the sum clipped to 0-255
 
 
 def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> np.ndarray:
