@@ -5,7 +5,9 @@ at exactly the joint centres it reports.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -51,6 +53,25 @@ Sizes = dict[str, float]
 Colours = dict[str, np.ndarray]  # name -> (3,) BGR
 Shape = tuple  # (kind, colour, *geometry in image px), see draw_shape; a kind starting with "~" is paint-only
 Part = tuple[float, tuple[int, ...], list[Shape]]  # (depth, owned joint indices into JOINT_NAMES, shapes)
+
+
+def choice_cdf(p: Sequence[float]) -> tuple[float, ...]:
+    """The cumulative distribution `np.random.Generator.choice(..., p=p)` searches, normalised exactly as numpy does."""
+    cdf = np.asarray(p, dtype=np.float64).cumsum()
+    cdf /= cdf[-1]
+    return tuple(cdf.tolist())
+
+
+def choose(rng: np.random.Generator, options: Sequence, cdf: tuple[float, ...]):
+    """`rng.choice(options, p=p)` for `cdf = choice_cdf(p)`: the same single `rng.random()` draw and the same pick,
+    without numpy's per-call argument checks (the renderer calls it a few times per person)."""
+    return options[bisect.bisect_right(cdf, rng.random())]
+
+
+
+_FACING_CDF, _POSE_CDF = choice_cdf(_FACING_P), choice_cdf(_POSE_P)
+_LEGWEAR, _LEGWEAR_CDF = ("trousers", "shorts", "skirt"), choice_cdf((0.65, 0.2, 0.15))
+_HAIRSTYLES, _HAIRSTYLE_CDF = ("short", "long", "bald"), choice_cdf((0.6, 0.32, 0.08))
 
 
 @dataclass
@@ -181,8 +202,8 @@ def sample_outfit(rng: np.random.Generator) -> Outfit:
     return Outfit(
         colours=colours,
         long_sleeves=bool(rng.random() < 0.55),
-        legwear=str(rng.choice(("trousers", "shorts", "skirt"), p=(0.65, 0.2, 0.15))),
-        hair=str(rng.choice(("short", "long", "bald"), p=(0.6, 0.32, 0.08))),
+        legwear=choose(rng, _LEGWEAR, _LEGWEAR_CDF),
+        hair=choose(rng, _HAIRSTYLES, _HAIRSTYLE_CDF),
         watch=bool(rng.random() < 0.6),
         strap=bool(rng.random() < 0.35),
         backpack=bool(rng.random() < 0.3),
@@ -203,8 +224,8 @@ def sample_figure(
         anchor: "center" puts the centre of the figure's extent at `anchor_img`; "feet" puts the lower of the two
             ankles there (people standing on a ground plane).
     """
-    facing = facing or str(rng.choice(FACINGS, p=_FACING_P))
-    pose_kind = str(rng.choice(POSES, p=_POSE_P))
+    facing = facing or choose(rng, FACINGS, _FACING_CDF)
+    pose_kind = choose(rng, POSES, _POSE_CDF)
     length = {k: v * math.exp(rng.normal(0, 0.06)) for k, v in _LENGTHS.items()}
     build = math.exp(rng.normal(0, 0.1))  # slim .. broad, shared by all widths
     width = {k: v * build * math.exp(rng.normal(0, 0.06)) * height_px for k, v in _WIDTHS.items()}

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sshpe.synth.figures import JOINT_NAMES, LABELS_PER_LAYER, Figure, draw_shape, render_figure, sample_figure
+from sshpe.synth.figures import (
+    JOINT_NAMES, LABELS_PER_LAYER, Figure, choice_cdf, choose, draw_shape, render_figure, sample_figure,
+)
 
 NUM_COCO = 17
+_OCCLUDERS, _OCCLUDER_CDF = ("counter", "crate", "pole"), choice_cdf((0.4, 0.35, 0.25))
 
 
 @dataclass(frozen=True)
@@ -61,19 +64,22 @@ def render_background(ss: np.random.SeedSequence, image_size: tuple[int, int], c
     """
     rng = np.random.default_rng(ss)
     w, h = image_size
-    img = _surface(rng, w, h)
-    if horizon is not None and horizon < h:
+    wall = _surface_grid(rng, w, h)
+    if horizon is not None and horizon < h:  # the floor below the wall: only the wall rows above it are upsampled
         row = int(max(0, horizon))
-        img[row:] = _surface(rng, w, h)[row:]
+        img = upsample_rows(_surface_grid(rng, w, h), w, h, h)
+        img[:row] = upsample_rows(wall, w, h, row)
+    else:
+        img = upsample_rows(wall, w, h, h)
     top = int(min(h, horizon)) if horizon is not None else h
     for _ in range(rng.poisson(10 * clutter)):
         _draw_clutter(img, rng, w, max(top, 8))
     return img
 
 
-def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """(h, w, 3) uint8: a linear colour ramp in a random direction plus low-frequency texture, built on a 16-px grid
-    and upsampled once (cubic interpolation keeps the ramp linear)."""
+def _surface_grid(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """(h // 16 + 2, w // 16 + 2, 3) uint8: a linear colour ramp in a random direction plus low-frequency texture on
+    a 16-px grid; `upsample_rows` makes it a (h, w) surface (cubic interpolation keeps the ramp linear)."""
     c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     ang = rng.uniform(0, 2 * math.pi)
     gw, gh = w // 16 + 2, h // 16 + 2
@@ -82,7 +88,22 @@ def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
     small = c0 + (c1 - c0) * t[..., None]
     small += rng.standard_normal((gh, gw, 3), dtype=np.float32) * np.float32(rng.uniform(5, 25))
-    return cv2.resize(np.clip(small, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(small, 0, 255).astype(np.uint8)
+
+
+def upsample_rows(small: np.ndarray, w: int, h: int, rows: int) -> np.ndarray:
+    """The top `rows` rows of `cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)`, (rows, w, 3), exactly.
+
+    When a top slice of `small` keeps the vertical scale exactly (its height times h / small height is a whole
+    number of rows), only that slice is resized: the same scale gives the same source position and weights for
+    every output row, and the slice keeps a margin of source rows below the last output row's cubic taps.
+    """
+    gh = small.shape[0]
+    last_tap = math.floor((rows - 0.5) * gh / h - 0.5) + 2  # the lowest source row output row rows - 1 reads
+    for keep in range(last_tap + 3, gh):  # 2 rows of margin beyond the taps' reach
+        if keep * h % gh == 0:
+            return cv2.resize(small[:keep], (w, keep * h // gh), interpolation=cv2.INTER_CUBIC)[:rows]
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)[:rows]
 
 
 def _draw_clutter(img: np.ndarray, rng: np.random.Generator, w: int, h: int) -> None:
@@ -114,7 +135,7 @@ def _draw_occluder(img: np.ndarray, label: np.ndarray, value: int, rng: np.rando
     """An object in front of `fig`: a counter across its legs, a crate or bag near a joint, or a pole."""
     colour = rng.uniform(0, 255, 3)
     h_px = fig.height_px
-    kind = rng.choice(("counter", "crate", "pole"), p=(0.4, 0.35, 0.25))
+    kind = choose(rng, _OCCLUDERS, _OCCLUDER_CDF)
     k = fig.kpts_img
     if kind == "counter":  # a table/counter/railing: a band from somewhere between hips and knees downward
         hips, knees = k[11:13, 1].mean(), k[13:15, 1].mean()
