@@ -231,7 +231,7 @@ def sample_figure(
     width = {k: v * build * math.exp(rng.normal(0, 0.06)) * height_px for k, v in _WIDTHS.items()}
     pts3 = pose_to_points(length, sample_pose(rng, pose_kind))
     yaw = math.radians(_FACING_YAW[facing] + rng.normal(0, 15))
-    tilt = math.radians(float(np.clip(rng.normal(0, 6), -25, 25)))
+    tilt = math.radians(min(max(rng.normal(0, 6), -25.0), 25.0))
     names = list(pts3)
     xyz = np.stack([pts3[k] for k in names])
     u = xyz[:, 0] * math.cos(yaw) + xyz[:, 2] * math.sin(yaw)
@@ -245,8 +245,8 @@ def sample_figure(
         uv += np.asarray(anchor_img) - (uv.min(0) + uv.max(0)) / 2
     uv = np.round(uv * _ONE) / _ONE  # exactly what cv2 draws with shift=SHIFT
     p2 = dict(zip(names, uv))
-    dz = dict(zip(names, depth))
-    kpts = np.stack([p2[k] for k in JOINT_NAMES])
+    dz = dict(zip(names, depth.tolist()))
+    kpts = uv[[names.index(k) for k in JOINT_NAMES]]
     face_hidden = np.array([_face_hidden(dz, k, length["head_r"]) for k in JOINT_NAMES])
     outfit = sample_outfit(rng)
     r_px = length["head_r"] * height_px

@@ -175,8 +175,12 @@ def _photometric(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
     out = cv2.GaussianBlur(img, (0, 0), sigma_blur) if blur else img
     out = cv2.addWeighted(out, alpha, out, 0.0, beta, dtype=cv2.CV_16S)  # alpha * img + beta, rounded
     h, w = img.shape[:2]  # pixel noise from a 64-px tile at a random offset (its period is invisible at this std)
-    noise = np.tile(tile, ((dy + h + 63) // 64, (dx + w + 63) // 64, 1))[dy : dy + h, dx : dx + w]
-    return cv2.add(out, noise, dtype=cv2.CV_8U)  # saturating: the sum clipped to 0-255
+    strip = np.tile(tile[(np.arange(64) + dy) % 64], (1, (dx + w + 63) // 64, 1))[:, dx : dx + w]  # rows y0 + 0..63
+    res = np.empty_like(img)
+    for y0 in range(0, h, 64):  # noise[y, x] = tile[(y + dy) % 64, (x + dx) % 64], one 64-row band at a time
+        band = slice(y0, min(h, y0 + 64))
+        cv2.add(out[band], strip[: band.stop - y0], dst=res[band], dtype=cv2.CV_8U)  # saturating: clipped to 0-255
+    return res
 
 
 def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> np.ndarray:
@@ -210,13 +214,16 @@ def _person_box(label: np.ndarray, layer: int, fig: Figure) -> tuple[list[float]
     x1 = int(np.clip(fig.kpts_img[:, 0].max() + pad + 1, 0, w))
     y1 = int(np.clip(fig.kpts_img[:, 1].max() + pad + 1, 0, h))
     roi = label[y0:y1, x0:x1]
-    ys, xs = np.nonzero((roi > lo) & (roi < lo + LABELS_PER_LAYER))
-    if len(xs) == 0:
+    if roi.size == 0:
         return None
-    xs, ys = xs + x0, ys + y0
-    x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    mask = cv2.inRange(roi, lo + 1, lo + LABELS_PER_LAYER - 1)  # this person's part labels (bounds inclusive)
+    count = cv2.countNonZero(mask)
+    if count == 0:
+        return None
+    bx, by, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels
+    x0, x1, y0, y1 = float(x0 + bx), float(x0 + bx + bw - 1), float(y0 + by), float(y0 + by + bh - 1)
     x0, y0, x1, y1 = max(0.0, x0 - 1), max(0.0, y0 - 1), min(w - 1.0, x1 + 1), min(h - 1.0, y1 + 1)
-    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], len(xs)
+    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], count
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
