@@ -68,7 +68,6 @@ def choose(rng: np.random.Generator, options: Sequence, cdf: tuple[float, ...]):
     return options[bisect.bisect_right(cdf, rng.random())]
 
 
-
 _FACING_CDF, _POSE_CDF = choice_cdf(_FACING_P), choice_cdf(_POSE_P)
 _LEGWEAR, _LEGWEAR_CDF = ("trousers", "shorts", "skirt"), choice_cdf((0.65, 0.2, 0.15))
 _HAIRSTYLES, _HAIRSTYLE_CDF = ("short", "long", "bald"), choice_cdf((0.6, 0.32, 0.08))

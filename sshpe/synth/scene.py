@@ -12,7 +12,14 @@ import cv2
 import numpy as np
 
 from sshpe.synth.figures import (
-    JOINT_NAMES, LABELS_PER_LAYER, Figure, choice_cdf, choose, draw_shape, render_figure, sample_figure,
+    JOINT_NAMES,
+    LABELS_PER_LAYER,
+    Figure,
+    choice_cdf,
+    choose,
+    draw_shape,
+    render_figure,
+    sample_figure,
 )
 
 NUM_COCO = 17
