@@ -3,6 +3,7 @@ failure behaviour."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from pycocotools.coco import COCO
 
 from sshpe.schema import COCO17
 from sshpe.synth import VAL_ID_OFFSET, generate
-from sshpe.synth.figures import EXTRA_NAMES, FACINGS, JOINT_NAMES, LABELS_PER_LAYER, sample_figure
-from sshpe.synth.scene import SceneKnobs, _place_people, box_iou, render_background, render_scene
+from sshpe.synth.figures import EXTRA_NAMES, FACINGS, JOINT_NAMES, LABELS_PER_LAYER, choice_cdf, choose, sample_figure
+from sshpe.synth.scene import SceneKnobs, _place_people, box_iou, render_background, render_scene, upsample_rows
 from sshpe.synth.stats import BOUNDS, check_bounds, file_stats
 
 W, H = 480, 360
@@ -208,3 +209,45 @@ def test_stats_cli(tmp_path):
     assert again.exit_code == 0 and "persons" in again.output
     missing = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--stats"])
     assert missing.exit_code == 2 and "run `sshpe synth" in missing.output
+
+
+# sha256 (first 16 hex digits) of render_scene's pixels, part labels and annotations, recorded with the renderer of
+# issue 11 before the issue-12 speed-up: published benchmark tables were computed on this dataset, so a change of
+# output must be deliberate (then update these, and say so in docs/benchmarks.md).
+SCENE_DIGESTS = [
+    (0, (480, 360), SceneKnobs(), "a799fb03c05f1f53"),
+    (1, (480, 360), SceneKnobs(occluders=1.0, photometric=1.0, clutter=1.5, max_people=6), "fd0f06c621a3cbfb"),
+    (2, (97, 61), SceneKnobs(photometric=0.0), "1305734740e7de6f"),
+    (3, (320, 240), SceneKnobs(person_height=(0.2, 1.5)), "648d1328305b9fbf"),
+]
+
+
+@pytest.mark.parametrize(("seed", "size", "knobs", "digest"), SCENE_DIGESTS)
+def test_rendered_scenes_are_unchanged_across_versions(seed, size, knobs, digest):
+    scene = render_scene(np.random.SeedSequence(seed), size, knobs)
+    h = hashlib.sha256(scene.img.tobytes())
+    h.update(scene.label.tobytes())
+    persons = [{**p, "keypoints": np.asarray(p["keypoints"]).round(4).tolist()} for p in scene.persons]
+    h.update(json.dumps([persons, scene.detections], sort_keys=True).encode())
+    assert h.hexdigest()[:16] == digest
+
+
+@pytest.mark.parametrize("size", [(480, 360), (320, 240), (97, 61), (200, 33)])
+def test_upsample_rows_equals_full_resize(size):
+    """The wall's partial upsampling gives exactly the top rows of a full cubic resize."""
+    w, h = size
+    rng = np.random.default_rng(w)
+    for _ in range(4):
+        small = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8)
+        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        for rows in (0, 1, h // 7, h // 3, h // 2, h - 1, h):
+            np.testing.assert_array_equal(upsample_rows(small, w, h, rows), full[:rows])
+
+
+def test_choose_matches_generator_choice():
+    """`choose` picks what `Generator.choice(options, p=p)` picks and leaves the generator in the same state."""
+    options, p = ("a", "b", "c", "d"), (0.4, 0.25, 0.175, 0.175)
+    ours, numpy_rng = np.random.default_rng(5), np.random.default_rng(5)
+    picks = [choose(ours, options, choice_cdf(p)) for _ in range(2000)]
+    assert picks == [str(numpy_rng.choice(options, p=p)) for _ in range(2000)]
+    assert set(picks) == set(options) and ours.random() == numpy_rng.random()

@@ -5,7 +5,9 @@ at exactly the joint centres it reports.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -42,7 +44,8 @@ _HAIR = np.array([[20, 20, 25], [30, 50, 80], [60, 110, 160], [150, 150, 150], [
 # A face point is hidden by the head when it lies this far (in head radii) behind the head centre; the nose
 # protrudes, so it stays visible slightly past a true profile.
 _FACE_HIDE = {"nose": 0.45, "left_eye": 0.2, "right_eye": 0.2, "left_ear": 0.2, "right_ear": 0.2}
-_LIGHT = np.array([-0.45, -0.89])  # light from the upper left, image frame (unit vector toward the light)
+_LIGHT_XY = (-0.45, -0.89)  # light from the upper left, image frame (unit vector toward the light)
+_LIGHT = np.array(_LIGHT_XY)
 
 Points = dict[str, np.ndarray]  # name -> (2,) image px or (3,) body units
 Depths = dict[str, float]  # name -> depth toward the camera, units of standing height
@@ -50,6 +53,24 @@ Sizes = dict[str, float]
 Colours = dict[str, np.ndarray]  # name -> (3,) BGR
 Shape = tuple  # (kind, colour, *geometry in image px), see draw_shape; a kind starting with "~" is paint-only
 Part = tuple[float, tuple[int, ...], list[Shape]]  # (depth, owned joint indices into JOINT_NAMES, shapes)
+
+
+def choice_cdf(p: Sequence[float]) -> tuple[float, ...]:
+    """The cumulative distribution `np.random.Generator.choice(..., p=p)` searches, normalised exactly as numpy does."""
+    cdf = np.asarray(p, dtype=np.float64).cumsum()
+    cdf /= cdf[-1]
+    return tuple(cdf.tolist())
+
+
+def choose(rng: np.random.Generator, options: Sequence, cdf: tuple[float, ...]):
+    """`rng.choice(options, p=p)` for `cdf = choice_cdf(p)`: the same single `rng.random()` draw and the same pick,
+    without numpy's per-call argument checks (the renderer calls it a few times per person)."""
+    return options[bisect.bisect_right(cdf, rng.random())]
+
+
+_FACING_CDF, _POSE_CDF = choice_cdf(_FACING_P), choice_cdf(_POSE_P)
+_LEGWEAR, _LEGWEAR_CDF = ("trousers", "shorts", "skirt"), choice_cdf((0.65, 0.2, 0.15))
+_HAIRSTYLES, _HAIRSTYLE_CDF = ("short", "long", "bald"), choice_cdf((0.6, 0.32, 0.08))
 
 
 @dataclass
@@ -180,8 +201,8 @@ def sample_outfit(rng: np.random.Generator) -> Outfit:
     return Outfit(
         colours=colours,
         long_sleeves=bool(rng.random() < 0.55),
-        legwear=str(rng.choice(("trousers", "shorts", "skirt"), p=(0.65, 0.2, 0.15))),
-        hair=str(rng.choice(("short", "long", "bald"), p=(0.6, 0.32, 0.08))),
+        legwear=choose(rng, _LEGWEAR, _LEGWEAR_CDF),
+        hair=choose(rng, _HAIRSTYLES, _HAIRSTYLE_CDF),
         watch=bool(rng.random() < 0.6),
         strap=bool(rng.random() < 0.35),
         backpack=bool(rng.random() < 0.3),
@@ -202,14 +223,14 @@ def sample_figure(
         anchor: "center" puts the centre of the figure's extent at `anchor_img`; "feet" puts the lower of the two
             ankles there (people standing on a ground plane).
     """
-    facing = facing or str(rng.choice(FACINGS, p=_FACING_P))
-    pose_kind = str(rng.choice(POSES, p=_POSE_P))
+    facing = facing or choose(rng, FACINGS, _FACING_CDF)
+    pose_kind = choose(rng, POSES, _POSE_CDF)
     length = {k: v * math.exp(rng.normal(0, 0.06)) for k, v in _LENGTHS.items()}
     build = math.exp(rng.normal(0, 0.1))  # slim .. broad, shared by all widths
     width = {k: v * build * math.exp(rng.normal(0, 0.06)) * height_px for k, v in _WIDTHS.items()}
     pts3 = pose_to_points(length, sample_pose(rng, pose_kind))
     yaw = math.radians(_FACING_YAW[facing] + rng.normal(0, 15))
-    tilt = math.radians(float(np.clip(rng.normal(0, 6), -25, 25)))
+    tilt = math.radians(min(max(rng.normal(0, 6), -25.0), 25.0))
     names = list(pts3)
     xyz = np.stack([pts3[k] for k in names])
     u = xyz[:, 0] * math.cos(yaw) + xyz[:, 2] * math.sin(yaw)
@@ -223,8 +244,8 @@ def sample_figure(
         uv += np.asarray(anchor_img) - (uv.min(0) + uv.max(0)) / 2
     uv = np.round(uv * _ONE) / _ONE  # exactly what cv2 draws with shift=SHIFT
     p2 = dict(zip(names, uv))
-    dz = dict(zip(names, depth))
-    kpts = np.stack([p2[k] for k in JOINT_NAMES])
+    dz = dict(zip(names, depth.tolist()))
+    kpts = uv[[names.index(k) for k in JOINT_NAMES]]
     face_hidden = np.array([_face_hidden(dz, k, length["head_r"]) for k in JOINT_NAMES])
     outfit = sample_outfit(rng)
     r_px = length["head_r"] * height_px
@@ -245,15 +266,26 @@ def _idx(*names: str) -> tuple[int, ...]:
 
 
 def _limb(colour: np.ndarray, a: np.ndarray, b: np.ndarray, ra: float, rb: float) -> list[Shape]:
-    """A shaded limb: the silhouette in a darker tone, a lit core, a highlight on the light side."""
-    vec = b - a
-    nrm = np.array([-vec[1], vec[0]]) / max(float(np.hypot(*vec)), 1e-6)
-    lit = nrm if float(nrm @ _LIGHT) > 0 else -nrm
+    """A shaded limb: the silhouette in a darker tone, a lit core, a highlight on the light side.
+
+    Plain-float arithmetic in the same operation order as the vector form, so the drawn pixels are exact.
+    """
+    ax, ay, bx, by = float(a[0]), float(a[1]), float(b[0]), float(b[1])
+    vx, vy = bx - ax, by - ay
+    norm = max(float(np.hypot(vx, vy)), 1e-6)
+    nx, ny = -vy / norm, vx / norm
+    towards = nx * _LIGHT_XY[0] + ny * _LIGHT_XY[1]
+    if abs(towards) < 1e-9:  # the sign of a near-zero dot product can depend on FMA: decide it as numpy does
+        towards = float(np.array([nx, ny]) @ _LIGHT)
+    lx, ly = (nx, ny) if towards > 0 else (-nx, -ny)
+    c0, c1, c2 = colour.tolist()
     return [
-        ("capsule", colour * 0.62, a, b, ra, rb),
-        ("~capsule", colour * 0.9, a + lit * 0.12 * ra, b + lit * 0.12 * rb, 0.72 * ra, 0.72 * rb),
-        ("~capsule", np.minimum(colour * 1.15 + 12, 255), a + lit * 0.4 * ra, b + lit * 0.4 * rb, 0.25 * ra, 0.25 * rb),
-    ]
+        ("capsule", (c0 * 0.62, c1 * 0.62, c2 * 0.62), (ax, ay), (bx, by), ra, rb),
+        ("~capsule", (c0 * 0.9, c1 * 0.9, c2 * 0.9), (ax + lx * 0.12 * ra, ay + ly * 0.12 * ra),
+         (bx + lx * 0.12 * rb, by + ly * 0.12 * rb), 0.72 * ra, 0.72 * rb),
+        ("~capsule", (min(c0 * 1.15 + 12, 255.0), min(c1 * 1.15 + 12, 255.0), min(c2 * 1.15 + 12, 255.0)),
+         (ax + lx * 0.4 * ra, ay + ly * 0.4 * ra), (bx + lx * 0.4 * rb, by + ly * 0.4 * rb), 0.25 * ra, 0.25 * rb),
+    ]  # fmt: skip
 
 
 def _build_parts(p2: Points, dz: Depths, length: Sizes, width: Sizes, height_px: float, outfit: Outfit) -> list[Part]:
@@ -367,58 +399,66 @@ def _head(p2: Points, dz: Depths, head_r: float, height_px: float, outfit: Outfi
     return (float(dz["head"]), _idx("nose", "left_eye", "right_eye", "left_ear", "right_ear", "head_top"), shapes)
 
 
-def _fixed(pt: np.ndarray) -> tuple[int, int]:
-    return int(round(float(pt[0]) * _ONE)), int(round(float(pt[1]) * _ONE))
+def _fixed(pt) -> tuple[int, int]:
+    """(x, y) image px -> cv2 fixed point (SHIFT bits), rounded half to even as np.round."""
+    return round(float(pt[0]) * _ONE), round(float(pt[1]) * _ONE)
 
 
-def _capsule_quad(a: np.ndarray, b: np.ndarray, ra: float, rb: float) -> np.ndarray:
-    """(1, 4, 2) int32 fixed-point quad joining the tangents of two circles (a, ra) and (b, rb)."""
-    vx, vy = float(b[0] - a[0]), float(b[1] - a[1])
+def _capsule_quad(a, b, ra: float, rb: float) -> np.ndarray:
+    """(1, 4, 2) int32 fixed-point quad joining the tangents of two circles (a, ra) and (b, rb); a, b (2,) image px."""
+    ax, ay, bx, by = float(a[0]), float(a[1]), float(b[0]), float(b[1])
+    vx, vy = bx - ax, by - ay
     norm = max(math.hypot(vx, vy), 1e-6)
     nx, ny = -vy / norm, vx / norm
-    quad = np.array([[a[0] + nx * ra, a[1] + ny * ra], [b[0] + nx * rb, b[1] + ny * rb],
-                     [b[0] - nx * rb, b[1] - ny * rb], [a[0] - nx * ra, a[1] - ny * ra]])  # fmt: skip
-    return np.round(quad * _ONE).astype(np.int32)[None]
+    return np.array([[[round((ax + nx * ra) * _ONE), round((ay + ny * ra) * _ONE)],
+                      [round((bx + nx * rb) * _ONE), round((by + ny * rb) * _ONE)],
+                      [round((bx - nx * rb) * _ONE), round((by - ny * rb) * _ONE)],
+                      [round((ax - nx * ra) * _ONE), round((ay - ny * ra) * _ONE)]]], np.int32)  # fmt: skip
 
 
 def draw_shape(img: np.ndarray, label: np.ndarray | None, value: int, shape: tuple) -> None:
     """Paint one shape (capsule, poly, ellipse, circle, line; image px) into `img` (AA) and `label` (no AA).
 
     Kinds starting with "~" (shading, prints, straps) paint `img` only: the silhouette in `label` comes from the
-    plain shapes.
+    plain shapes. Colours are BGR (clipped to 0-255), points (2,) arrays or tuples.
     """
     kind, col = shape[0], shape[1]
-    colour = (min(255.0, max(0.0, float(col[0]))), min(255.0, max(0.0, float(col[1]))),
-              min(255.0, max(0.0, float(col[2]))))  # fmt: skip
-    targets = [(img, colour, cv2.LINE_AA)]
+    c0, c1, c2 = col.tolist() if isinstance(col, np.ndarray) else col
+    colour = (min(255.0, max(0.0, float(c0))), min(255.0, max(0.0, float(c1))), min(255.0, max(0.0, float(c2))))
     if kind[0] == "~":
-        kind = kind[1:]
-    elif label is not None:
-        targets.append((label, value, cv2.LINE_8))
+        kind, label = kind[1:], None
+    aa, no_aa = cv2.LINE_AA, cv2.LINE_8
     if kind == "capsule":
-        quad = _capsule_quad(shape[2], shape[3], shape[4], shape[5])
-        a, b, ra, rb = _fixed(shape[2]), _fixed(shape[3]), int(round(shape[4] * _ONE)), int(round(shape[5] * _ONE))
-        for dst, c, lt in targets:
-            cv2.fillPoly(dst, quad, c, lt, SHIFT)
-            cv2.circle(dst, a, ra, c, -1, lt, SHIFT)
-            cv2.circle(dst, b, rb, c, -1, lt, SHIFT)
+        quad = [_capsule_quad(shape[2], shape[3], shape[4], shape[5])]
+        a, b, ra, rb = _fixed(shape[2]), _fixed(shape[3]), round(shape[4] * _ONE), round(shape[5] * _ONE)
+        cv2.fillPoly(img, quad, colour, aa, SHIFT)
+        cv2.circle(img, a, ra, colour, -1, aa, SHIFT)
+        cv2.circle(img, b, rb, colour, -1, aa, SHIFT)
+        if label is not None:
+            cv2.fillPoly(label, quad, value, no_aa, SHIFT)
+            cv2.circle(label, a, ra, value, -1, no_aa, SHIFT)
+            cv2.circle(label, b, rb, value, -1, no_aa, SHIFT)
     elif kind == "poly":
         pts = [np.round(shape[2] * _ONE).astype(np.int32)]
-        for dst, c, lt in targets:
-            cv2.fillPoly(dst, pts, c, lt, SHIFT)
+        cv2.fillPoly(img, pts, colour, aa, SHIFT)
+        if label is not None:
+            cv2.fillPoly(label, pts, value, no_aa, SHIFT)
     elif kind == "ellipse":
-        centre, axes = _fixed(shape[2]), (int(round(shape[3][0] * _ONE)), int(round(shape[3][1] * _ONE)))
+        centre, axes = _fixed(shape[2]), (round(shape[3][0] * _ONE), round(shape[3][1] * _ONE))
         angle = float(shape[4]) if len(shape) > 4 else 0.0
-        for dst, c, lt in targets:
-            cv2.ellipse(dst, centre, axes, angle, 0.0, 360.0, c, -1, lt, SHIFT)
+        cv2.ellipse(img, centre, axes, angle, 0.0, 360.0, colour, -1, aa, SHIFT)
+        if label is not None:
+            cv2.ellipse(label, centre, axes, angle, 0.0, 360.0, value, -1, no_aa, SHIFT)
     elif kind == "circle":
-        centre, r = _fixed(shape[2]), int(round(shape[3] * _ONE))
-        for dst, c, lt in targets:
-            cv2.circle(dst, centre, r, c, -1, lt, SHIFT)
+        centre, r = _fixed(shape[2]), round(shape[3] * _ONE)
+        cv2.circle(img, centre, r, colour, -1, aa, SHIFT)
+        if label is not None:
+            cv2.circle(label, centre, r, value, -1, no_aa, SHIFT)
     elif kind == "line":
-        a, b, thick = _fixed(shape[2]), _fixed(shape[3]), max(1, int(round(shape[4])))
-        for dst, c, lt in targets:
-            cv2.line(dst, a, b, c, thick, lt, SHIFT)
+        a, b, thick = _fixed(shape[2]), _fixed(shape[3]), max(1, round(shape[4]))
+        cv2.line(img, a, b, colour, thick, aa, SHIFT)
+        if label is not None:
+            cv2.line(label, a, b, value, thick, no_aa, SHIFT)
     else:
         raise AssertionError(f"unknown shape kind {kind!r}")
 

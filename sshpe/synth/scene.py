@@ -11,9 +11,19 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sshpe.synth.figures import JOINT_NAMES, LABELS_PER_LAYER, Figure, draw_shape, render_figure, sample_figure
+from sshpe.synth.figures import (
+    JOINT_NAMES,
+    LABELS_PER_LAYER,
+    Figure,
+    choice_cdf,
+    choose,
+    draw_shape,
+    render_figure,
+    sample_figure,
+)
 
 NUM_COCO = 17
+_OCCLUDERS, _OCCLUDER_CDF = ("counter", "crate", "pole"), choice_cdf((0.4, 0.35, 0.25))
 
 
 @dataclass(frozen=True)
@@ -61,19 +71,22 @@ def render_background(ss: np.random.SeedSequence, image_size: tuple[int, int], c
     """
     rng = np.random.default_rng(ss)
     w, h = image_size
-    img = _surface(rng, w, h)
-    if horizon is not None and horizon < h:
+    wall = _surface_grid(rng, w, h)
+    if horizon is not None and horizon < h:  # the floor below the wall: only the wall rows above it are upsampled
         row = int(max(0, horizon))
-        img[row:] = _surface(rng, w, h)[row:]
+        img = upsample_rows(_surface_grid(rng, w, h), w, h, h)
+        img[:row] = upsample_rows(wall, w, h, row)
+    else:
+        img = upsample_rows(wall, w, h, h)
     top = int(min(h, horizon)) if horizon is not None else h
     for _ in range(rng.poisson(10 * clutter)):
         _draw_clutter(img, rng, w, max(top, 8))
     return img
 
 
-def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
-    """(h, w, 3) uint8: a linear colour ramp in a random direction plus low-frequency texture, built on a 16-px grid
-    and upsampled once (cubic interpolation keeps the ramp linear)."""
+def _surface_grid(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """(h // 16 + 2, w // 16 + 2, 3) uint8: a linear colour ramp in a random direction plus low-frequency texture on
+    a 16-px grid; `upsample_rows` makes it a (h, w) surface (cubic interpolation keeps the ramp linear)."""
     c0, c1 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     ang = rng.uniform(0, 2 * math.pi)
     gw, gh = w // 16 + 2, h // 16 + 2
@@ -82,7 +95,22 @@ def _surface(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
     small = c0 + (c1 - c0) * t[..., None]
     small += rng.standard_normal((gh, gw, 3), dtype=np.float32) * np.float32(rng.uniform(5, 25))
-    return cv2.resize(np.clip(small, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(small, 0, 255).astype(np.uint8)
+
+
+def upsample_rows(small: np.ndarray, w: int, h: int, rows: int) -> np.ndarray:
+    """The top `rows` rows of `cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)`, (rows, w, 3), exactly.
+
+    When a top slice of `small` keeps the vertical scale exactly (its height times h / small height is a whole
+    number of rows), only that slice is resized: the same scale gives the same source position and weights for
+    every output row, and the slice keeps a margin of source rows below the last output row's cubic taps.
+    """
+    gh = small.shape[0]
+    last_tap = math.floor((rows - 0.5) * gh / h - 0.5) + 2  # the lowest source row output row rows - 1 reads
+    for keep in range(last_tap + 3, gh):  # 2 rows of margin beyond the taps' reach
+        if keep * h % gh == 0:
+            return cv2.resize(small[:keep], (w, keep * h // gh), interpolation=cv2.INTER_CUBIC)[:rows]
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)[:rows]
 
 
 def _draw_clutter(img: np.ndarray, rng: np.random.Generator, w: int, h: int) -> None:
@@ -114,7 +142,7 @@ def _draw_occluder(img: np.ndarray, label: np.ndarray, value: int, rng: np.rando
     """An object in front of `fig`: a counter across its legs, a crate or bag near a joint, or a pole."""
     colour = rng.uniform(0, 255, 3)
     h_px = fig.height_px
-    kind = rng.choice(("counter", "crate", "pole"), p=(0.4, 0.35, 0.25))
+    kind = choose(rng, _OCCLUDERS, _OCCLUDER_CDF)
     k = fig.kpts_img
     if kind == "counter":  # a table/counter/railing: a band from somewhere between hips and knees downward
         hips, knees = k[11:13, 1].mean(), k[13:15, 1].mean()
@@ -154,8 +182,12 @@ def _photometric(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
     out = cv2.GaussianBlur(img, (0, 0), sigma_blur) if blur else img
     out = cv2.addWeighted(out, alpha, out, 0.0, beta, dtype=cv2.CV_16S)  # alpha * img + beta, rounded
     h, w = img.shape[:2]  # pixel noise from a 64-px tile at a random offset (its period is invisible at this std)
-    noise = np.tile(tile, (h // 64 + 2, w // 64 + 2, 1))[dy : dy + h, dx : dx + w]
-    return np.clip(out + noise, 0, 255).astype(np.uint8)
+    strip = np.tile(tile[(np.arange(64) + dy) % 64], (1, (dx + w + 63) // 64, 1))[:, dx : dx + w]  # rows y0 + 0..63
+    res = np.empty_like(img)
+    for y0 in range(0, h, 64):  # noise[y, x] = tile[(y + dy) % 64, (x + dx) % 64], one 64-row band at a time
+        band = slice(y0, min(h, y0 + 64))
+        cv2.add(out[band], strip[: band.stop - y0], dst=res[band], dtype=cv2.CV_8U)  # saturating: clipped to 0-255
+    return res
 
 
 def _keypoints(fig: Figure, own: np.ndarray, label: np.ndarray, layer: int) -> np.ndarray:
@@ -189,13 +221,16 @@ def _person_box(label: np.ndarray, layer: int, fig: Figure) -> tuple[list[float]
     x1 = int(np.clip(fig.kpts_img[:, 0].max() + pad + 1, 0, w))
     y1 = int(np.clip(fig.kpts_img[:, 1].max() + pad + 1, 0, h))
     roi = label[y0:y1, x0:x1]
-    ys, xs = np.nonzero((roi > lo) & (roi < lo + LABELS_PER_LAYER))
-    if len(xs) == 0:
+    if roi.size == 0:
         return None
-    xs, ys = xs + x0, ys + y0
-    x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    mask = cv2.inRange(roi, lo + 1, lo + LABELS_PER_LAYER - 1)  # this person's part labels (bounds inclusive)
+    count = cv2.countNonZero(mask)
+    if count == 0:
+        return None
+    bx, by, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels
+    x0, x1, y0, y1 = float(x0 + bx), float(x0 + bx + bw - 1), float(y0 + by), float(y0 + by + bh - 1)
     x0, y0, x1, y1 = max(0.0, x0 - 1), max(0.0, y0 - 1), min(w - 1.0, x1 + 1), min(h - 1.0, y1 + 1)
-    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], len(xs)
+    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)], count
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
