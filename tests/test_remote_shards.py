@@ -22,6 +22,8 @@ import pytest
 import torch
 from _fixtures_coco import make_coco, shard_fixture
 from conftest import smoke_recipe
+from sshpe._cli.app import app
+from typer.testing import CliRunner
 
 from sshpe.data import locations, streams
 from sshpe.data.locations import LocationError, join_url, remote_source, shard_location
@@ -215,6 +217,13 @@ def test_remote_failures_are_one_line_naming_the_url(served, tmp_path, request):
 
     with pytest.raises(RecipeError, match=r"data.shards: .*needs \{name\}"):
         smoke_recipe("pipe:cat shards/manifest.json")
+
+
+def test_shard_refuses_a_url_as_its_output(synth_root):
+    for out in ("s3://bucket/shards", "pipe:cat {name}"):
+        res = CliRunner().invoke(app, ["shard", str(synth_root), out])
+        assert res.exit_code == 2 and "writes a local folder" in res.output and "Traceback" not in res.output
+    assert not Path("s3:").exists() and not Path("pipe:cat {name}").exists()  # nothing written under the folded path
 
 
 def _importable(package: str) -> bool:
