@@ -5,6 +5,7 @@ Imports of heavy modules happen inside commands so `sshpe --help` is instant and
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -117,7 +118,7 @@ def synth(
 @app.command()
 def shard(
     source: Annotated[Path, typer.Argument(help="dataset root (synthetic, COCO 2017, MPII or AI Challenger layout)")],
-    out: Annotated[Path, typer.Argument(help="shard folder (manifest.json + tars)")],
+    out: Annotated[Path, typer.Argument(help="local shard folder (manifest.json + tars); upload it for URLs")],
     input_size: Annotated[str, typer.Option(help="model input HEIGHTxWIDTH the canvases serve")] = "256x192",
     labeled: Annotated[Optional[int], typer.Option(help="first N valid train instances are labeled")] = None,
     unlabeled: Annotated[bool, typer.Option(help="write the unlabeled split")] = True,
@@ -159,6 +160,11 @@ def shard(
     from sshpe.data.prepare import SourceFiles, find_sources, shard_dataset, with_overrides
 
     try:
+        if re.match(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]+:/)", str(out)):
+            raise ValueError(
+                f"OUT {str(out)!r} looks like a URL or pipe: command; `sshpe shard` writes a local folder: write it "
+                "there, then upload it whole and point data.shards at the upload (README: shards on object storage)"
+            )
         if train_ann is not None and train_images is not None:
             src = SourceFiles(train_ann=train_ann, train_images=train_images)
         else:

@@ -25,7 +25,8 @@ from sshpe.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )  # fmt: skip
-from sshpe.data.shard_writer import read_manifest, source_file
+from sshpe.data.locations import shard_location
+from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest, source_file
 from sshpe.data.streams import decode_in_workers, make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.evaluate import check_backend
@@ -107,16 +108,17 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7919 + step * 104_729) % (2**63 - 1)
 
 
-def check_data(recipe: Recipe, manifest: dict, shards: Path) -> tuple[int, ...]:
+def check_data(recipe: Recipe, manifest: dict, shards: str | Path) -> tuple[int, ...]:
     """Recipe vs shards: splits exist, batches fit in their splits, aspect ratio matches, the shards' joints map onto
     the model's channels (and every evaluated joint has one). Returns that joint map (`sshpe.schema.joint_map`)."""
     d, t = recipe.data, recipe.train
+    manifest_at = shard_location(shards).where(MANIFEST_NAME)
     semi = recipe.teacher.kind != "none"
     needed = [d.labeled_split, d.val_split] + ([d.unlabeled_split] if semi else [])
     missing = [s for s in needed if s not in manifest["splits"]]
     if missing:
         raise RecipeError(
-            f"{shards}/manifest.json has no split(s) {missing} (has {sorted(manifest['splits'])}); "
+            f"{manifest_at} has no split(s) {missing} (has {sorted(manifest['splits'])}); "
             "re-run `sshpe shard` with those splits or change data.*_split"
         )
     batches = [("train.batch_size", t.batch_size, d.labeled_split)]
@@ -139,7 +141,7 @@ def check_data(recipe: Recipe, manifest: dict, shards: Path) -> tuple[int, ...]:
         jmap = joint_map(data_schema(manifest, shards), recipe.schema)
         eval_channels(data_schema(manifest, shards), recipe.schema)
     except ValueError as err:
-        raise RecipeError(f"{shards}/manifest.json vs model.schema: {err}") from None
+        raise RecipeError(f"{manifest_at} vs model.schema: {err}") from None
     return jmap
 
 
@@ -155,7 +157,7 @@ def evaluate_nets(net_fn, recipe: Recipe, accelerator, manifest: dict, out_dir: 
     """Predict the val split on every rank (each sample once), gather, score on rank 0, broadcast the stats."""
     from accelerate.utils import gather_object
 
-    shards = Path(recipe.data.shards)
+    shards = recipe.data.shards
     loader = make_val_loader(
         shards, recipe.data.val_split, batch_size=recipe.eval.batch_size, rank=accelerator.process_index,
         world_size=accelerator.num_processes, num_workers=min(recipe.data.num_workers, 2),
@@ -196,7 +198,7 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
     # ------------------------------------------------------------------ set-up
     rank, world = accelerator.process_index, accelerator.num_processes
     ckpt_root = run_dir / "checkpoints"
-    shards = Path(recipe.data.shards)
+    shards = recipe.data.shards
     manifest = read_manifest(shards)
     jmap = check_data(recipe, manifest, shards)
     check_backend(recipe.eval.backend)

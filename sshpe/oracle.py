@@ -5,8 +5,6 @@ The AP it returns is the ceiling a recipe's heatmap resolution and decoder allow
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from sshpe.codec import decode_heatmaps
@@ -22,7 +20,7 @@ from sshpe.views import identity_params, make_view, view_targets
 
 def oracle_ap(recipe: Recipe, split: str | None = None) -> dict[str, float]:
     """Stats (COCO AP, or PCKh for MPII shards) of decoding the val split's own Gaussian targets (GT boxes, no flip)."""
-    d, shards = recipe.data, Path(recipe.data.shards)
+    d, shards = recipe.data, recipe.data.shards
     split = split or d.val_split
     manifest = read_manifest(shards)
     jmap = joint_map(data_schema(manifest, shards), recipe.schema)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from sshpe.atomic import atomic_write_text
+from sshpe.data.locations import shard_location
 
 RUN_PATHS = "paths.json"
 RUN_PATHS_FORMAT = "sshpe-run-paths/1"
@@ -37,13 +38,13 @@ def first_existing(paths: list[Path], what: str, hint: str) -> Path:
     raise FileNotFoundError(f"{what} not found at {tried}; {hint}")
 
 
-def write_run_paths(run_dir: Path, shards: Path, val_annotations: Path) -> Path:
+def write_run_paths(run_dir: Path, shards: str | Path, val_annotations: Path) -> Path:
     """Store where a run's data lives (shard folder, val ground truth), absolute and relative to the run folder, in
     `run_dir/paths.json`, so `sshpe eval RUN` works from any working directory and after moving runs/ and the data
-    together."""
+    together. Remote shards (a URL or `pipe:` command, `sshpe.data.locations`) are stored as given, never rewritten."""
     doc = {
         "format": RUN_PATHS_FORMAT,
-        "shards": portable(shards, run_dir),
+        "shards": {"path": str(shards)} if shard_location(shards).is_remote else portable(shards, run_dir),
         "val_annotations": portable(val_annotations, run_dir),
     }
     return atomic_write_text(Path(run_dir) / RUN_PATHS, json.dumps(doc, indent=1) + "\n")

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from sshpe.codec import decode_heatmaps, flip_back
-from sshpe.data.shard_writer import source_file
+from sshpe.data.locations import shard_location
+from sshpe.data.shard_writer import MANIFEST_NAME, source_file
 from sshpe.data.streams import decode_batch
 from sshpe.evaluate import build_results, coco_keypoint_eval, heatmap_to_image, write_results
 from sshpe.pckh import pckh_table
@@ -83,8 +84,8 @@ def merge_instances(per_rank: list[dict[str, np.ndarray]]) -> dict[str, np.ndarr
 
 
 def data_schema(manifest: dict, shards: Path | str = "shards") -> KeypointSchema:
-    """The keypoint schema of a shard directory's labels (stored in full in its manifest)."""
-    return schema_from_data(manifest["schema"], f"{Path(shards) / 'manifest.json'}: schema")
+    """The keypoint schema of a shard folder's labels (stored in full in its manifest); `shards` names it in errors."""
+    return schema_from_data(manifest["schema"], f"{shard_location(shards).where(MANIFEST_NAME)}: schema")
 
 
 def score_predictions(inst: dict[str, np.ndarray], recipe: Recipe, manifest: dict, out_dir: Path | None) -> dict:
@@ -97,7 +98,7 @@ def score_predictions(inst: dict[str, np.ndarray], recipe: Recipe, manifest: dic
     Returns:
         The 10 COCO stats, or the PCKh table (Head ... Ankle, Mean, Mean@0.1 in percent).
     """
-    shards = Path(recipe.data.shards)
+    shards = recipe.data.shards
     data = data_schema(manifest, shards)
     if "val_pckh" in manifest["sources"]:
         return score_pckh(inst, recipe, data, source_file(manifest, shards, "val_pckh"), out_dir)

@@ -81,10 +81,10 @@ def read_preview_batch(recipe: Recipe, n: int, seed: int) -> tuple[dict, str]:
     splits = [s for s in (d.unlabeled_split, d.labeled_split) if s is not None]
     batch, split = None, splits[0]
     for split in splits:
-        batch = next(iter(TrainStream(Path(d.shards), split, seed=seed, rank=0, world_size=1, batch_size=n)))
+        batch = next(iter(TrainStream(d.shards, split, seed=seed, rank=0, world_size=1, batch_size=n)))
         if batch["vis"].gt(0).any():
             break
-    manifest = read_manifest(Path(d.shards))
+    manifest = read_manifest(d.shards)
     return remap_labels(batch, joint_map(data_schema(manifest, d.shards), recipe.schema)), split
 
 

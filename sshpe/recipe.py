@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -18,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sshpe.data.locations import shard_location
 from sshpe.errors import quoted
 from sshpe.schema import BUILTIN_NAMES, KeypointSchema, SchemaFile, read_schema_file, resolve_schema
 
@@ -77,7 +79,11 @@ class EasyAffineCfg(Cfg):
 
 
 class DataCfg(Cfg):
-    shards: Path = Field(description="directory holding manifest.json and the WebDataset shards (`sshpe shard`)")
+    shards: str = Field(
+        description="where the shards of `sshpe shard` are: a local folder holding manifest.json and the tars, or the "
+        "same folder uploaded to `http(s)://...`, `s3://...`, `gs://...` (any fsspec URL) or read by `pipe:CMD`, CMD "
+        "writing the file `{name}` to stdout (e.g. `pipe:aws s3 cp s3://bucket/shards/{name} -`)"
+    )
     labeled_split: str = Field("labeled", description="manifest split used for supervised batches")
     unlabeled_split: str | None = Field(
         "unlabeled", description="manifest split used for unlabeled batches; null for supervised-only training"
@@ -103,6 +109,15 @@ class DataCfg(Cfg):
         "only read bytes; the training device decodes the batch: nvJPEG on CUDA), `auto` (device on CUDA, worker "
         "otherwise)",
     )
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _location(cls, v: Any) -> Any:
+        """A path object is kept as its text; a URL keeps its `//` (a `Path` would fold it); `pipe:` needs {name}."""
+        v = os.fspath(v) if isinstance(v, os.PathLike) else v
+        if isinstance(v, str):
+            shard_location(v)
+        return v
 
     @field_validator("input_size")
     @classmethod

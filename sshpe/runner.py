@@ -20,6 +20,7 @@ from sshpe.checkpoint import (
     read_trainer_state,
     verify_checkpoint,
 )
+from sshpe.data.locations import shard_location
 from sshpe.evaluate import rescore
 from sshpe.export import export_model, load_exported
 from sshpe.portable_paths import candidates, first_existing, read_run_paths
@@ -91,9 +92,11 @@ def model_file(path: Path) -> Path:
 
 def _stored_shards(run: Path, stored: dict, overrides: list[str]) -> list[str]:
     """Overrides that point `data.shards` at the shard folder the run trained on (found absolute first, then
-    relative to the run folder), unless the user overrides it."""
+    relative to the run folder), unless the user overrides it or the run read remote shards (a URL stays as it is)."""
     if any(o.split("=", 1)[0].strip() == "data.shards" for o in overrides):
         return overrides
+    if shard_location(stored["shards"]["path"]).is_remote:
+        return [f"data.shards={json.dumps(stored['shards']['path'])}", *overrides]
     shards = first_existing(candidates(stored["shards"], run), f"{run}/paths.json: the shard folder", RELOCATE_HINT)
     return [f"data.shards={json.dumps(str(shards))}", *overrides]
 
@@ -125,7 +128,7 @@ def evaluate_model(
         recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"val_split": split})})
     accelerator = build_accelerator(recipe)
     net, _ = load_exported(weights, accelerator.device)
-    shards = Path(recipe.data.shards)
+    shards = recipe.data.shards
     manifest = read_manifest(shards)
     if recipe.data.val_split not in manifest["splits"]:
         raise RecipeError(

@@ -143,7 +143,7 @@ def test_recipe_pointing_at_missing_shards(tmp_path):
     assert res.returncode == 2
     assert "manifest.json does not exist" in res.stderr and "sshpe shard" in res.stderr
     assert "Traceback" not in res.stderr
-    assert recipe.data.shards == tmp_path / "nowhere"
+    assert Path(recipe.data.shards) == tmp_path / "nowhere"
 
 
 def test_non_finite_loss_names_the_window(smoke_shards, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from webdataset import TarWriter
 
 from sshpe import geometry
 from sshpe.data.coco import Instance, Invalid
+from sshpe.data.locations import ShardLocation, remote_source, shard_location
 from sshpe.data.shard_format import MANIFEST_FORMAT, ShardFormatError, validate_manifest
 from sshpe.parallel import ordered_map
 from sshpe.portable_paths import candidates, first_existing, portable
@@ -327,14 +328,15 @@ class _TarSequence:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_manifest(shard_dir: Path) -> dict:
-    """Load and validate `{shard_dir}/manifest.json` (`sshpe.data.shard_format.Manifest`); errors name the file,
-    the field and the fix (run `sshpe shard`)."""
-    path = Path(shard_dir) / MANIFEST_NAME
-    if not path.is_file():
+def read_manifest(shard_dir: str | Path | ShardLocation) -> dict:
+    """Load and validate `{shard_dir}/manifest.json` (`sshpe.data.shard_format.Manifest`) from a local folder or a
+    remote base (`sshpe.data.locations`); errors name the file or URL, the field and the fix (run `sshpe shard`)."""
+    location = shard_location(shard_dir)
+    path = location.where(MANIFEST_NAME)
+    if not location.is_remote and not Path(path).is_file():
         raise FileNotFoundError(f"{path} does not exist; run `sshpe shard` first to write shards into {shard_dir}")
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(location.read_bytes(MANIFEST_NAME).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardFormatError(f"{path} is not valid JSON ({err}); run `sshpe shard` again") from None
     except RecursionError:
@@ -349,15 +351,19 @@ def source_candidates(manifest: dict, shard_dir: Path, name: str) -> list[Path]:
     folder (manifests written before relative paths were stored have only the first)."""
     if name not in manifest["sources"]:
         raise ValueError(
-            f"{Path(shard_dir) / MANIFEST_NAME} has no sources.{name} (has {sorted(manifest['sources'])}); "
-            "re-run `sshpe shard` with the annotation file"
+            f"{shard_location(shard_dir).where(MANIFEST_NAME)} has no sources.{name} (has "
+            f"{sorted(manifest['sources'])}); re-run `sshpe shard` with the annotation file"
         )
     return candidates(manifest["sources"][name], shard_dir)
 
 
-def source_file(manifest: dict, shard_dir: Path, name: str) -> Path:
+def source_file(manifest: dict, shard_dir: str | Path | ShardLocation, name: str) -> Path:
     """The manifest's source file `name` (e.g. `val_annotations`), found absolute first, then relative to the shard
-    folder; the error names both."""
+    folder; the error names both. Under a remote base (a URL) the relative one is fetched into a local cache
+    (`sshpe.data.locations.remote_source`)."""
+    location = shard_location(shard_dir)
+    if location.is_remote and name in manifest["sources"]:
+        return remote_source(location, manifest["sources"][name], f"sources.{name}")
     return first_existing(
         source_candidates(manifest, shard_dir, name), f"{Path(shard_dir) / MANIFEST_NAME}: sources.{name}",
         "move the file back, move it together with the shard folder, or re-run `sshpe shard`",

@@ -5,10 +5,13 @@ and nowhere else; CPU workers only decode, every augmentation happens later on t
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tarfile
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from sshpe.data.locations import LocationError, ShardLocation, shard_location
 from sshpe.data.shard_format import ShardFormatError, check_record
 from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest, sha256_file
 
@@ -79,27 +83,83 @@ def index_shard(path: Path) -> list[SampleLoc]:
     """Sample locations of a shard in tar order, from the tar headers; cached per process and file version."""
     path = Path(path)
     version = _version(path)
-    if version in _INDEX_CACHE:
-        return _INDEX_CACHE[version]
+    if version not in _INDEX_CACHE:
+        _INDEX_CACHE[version] = _index_tar(str(path), path=path)
+    return _INDEX_CACHE[version]
+
+
+def _index_tar(where: str, *, path: Path | None = None, data: bytes | None = None) -> list[SampleLoc]:
+    """Sample locations in tar order of the tar at `path` or in `data` (`where` names it in errors)."""
     members: dict[str, dict[str, tuple[int, int]]] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(path, mode="r:", fileobj=None if data is None else io.BytesIO(data)) as tar:
             for m in tar:
                 key, _, ext = m.name.partition(".")
                 members.setdefault(key, {})[ext] = (m.offset_data, m.size)
     except tarfile.TarError as err:
-        raise ShardError(f"shard {path} is not a readable tar ({err}); run `sshpe shard` again") from None
+        raise ShardError(f"shard {where} is not a readable tar ({err}); run `sshpe shard` again") from None
     locs = []
     for key, parts in members.items():
         if "jpg" not in parts or "json" not in parts:
-            raise ShardError(f"corrupt sample {key!r} in shard {path}: it lacks a jpg or json member")
+            raise ShardError(f"corrupt sample {key!r} in shard {where}: it lacks a jpg or json member")
         locs.append(SampleLoc(key, parts["jpg"], parts["json"]))
-    _INDEX_CACHE[version] = locs
     return locs
 
 
-def _read_bytes(path: Path, span: tuple[int, int]) -> bytes:
-    """`size` bytes at `offset` of a file, through a descriptor cached per process and file version (pread)."""
+@dataclass(frozen=True)
+class FetchedShard:
+    """A remote shard held whole in memory, checked against its manifest entry and indexed; `str()` is its URL."""
+
+    url: str
+    data: bytes
+    locs: list[SampleLoc]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+_FETCHED: OrderedDict[tuple[str, str], FetchedShard] = OrderedDict()  # (url, sha256) -> shard, least recent first
+MAX_FETCHED = 2  # remote shards kept in memory per process: a worker reads one shard's samples consecutively
+
+
+def fetch_shard(location: ShardLocation, name: str, sha256: str, size: int | None) -> FetchedShard:
+    """Shard `name` under a remote base, fetched whole on first use and kept among the `MAX_FETCHED` most recently
+    used of this process; its byte size and sha256 are checked against the manifest's on every fetch.
+
+    Raises:
+        ShardError: the shard cannot be fetched, or its bytes differ from the manifest (names the URL).
+    """
+    url = location.where(name)
+    key = (url, sha256)
+    if key in _FETCHED:
+        _FETCHED.move_to_end(key)
+        return _FETCHED[key]
+    try:
+        data = location.read_bytes(name)
+    except LocationError as err:
+        raise ShardError(str(err)) from None
+    if size is not None and len(data) != size:
+        raise ShardError(
+            f"shard {url} has {len(data)} bytes but the manifest says {size}: it was changed or truncated after "
+            "`sshpe shard` wrote it, or its upload is incomplete; upload the shard folder again"
+        )
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ShardError(
+            f"shard {url} does not match its manifest (sha256 differs): it was changed or damaged after `sshpe "
+            "shard` wrote it, or its upload is incomplete; upload the shard folder again"
+        )
+    _FETCHED[key] = shard = FetchedShard(url, data, _index_tar(url, data=data))
+    while len(_FETCHED) > MAX_FETCHED:
+        _FETCHED.popitem(last=False)
+    return shard
+
+
+def _read_bytes(path: Path | FetchedShard, span: tuple[int, int]) -> bytes:
+    """`size` bytes at `offset` of a shard: sliced from a fetched remote shard, or read from a local file through a
+    descriptor cached per process and file version (pread)."""
+    if isinstance(path, FetchedShard):
+        offset, size = span
+        return path.data[offset : offset + size]
     version = (os.getpid(), *_version(path))
     cached = _FDS.get(str(path))
     if cached is None or cached[0] != version:
@@ -110,7 +170,9 @@ def _read_bytes(path: Path, span: tuple[int, int]) -> bytes:
     return os.pread(cached[1], size, offset)
 
 
-def read_sample(path: Path, loc: SampleLoc, num_joints: int | None = None, *, decode: bool = True) -> dict:
+def read_sample(
+    path: Path | FetchedShard, loc: SampleLoc, num_joints: int | None = None, *, decode: bool = True
+) -> dict:
     """Read one sample, decoding its JPEG (or, with `decode=False`, only checking that its bytes are a whole JPEG);
     with `num_joints` its record is also checked (`shard_format.check_record`).
 
@@ -236,32 +298,36 @@ def collate(samples: list[dict]) -> dict:
 
 
 class _SplitReader:
-    """The shards of one split of a manifest, checked against it: existence and byte size at construction, sha256
-    at each shard's first read in a process, every record's schema at read; reads samples by (shard, position)."""
+    """The shards of one split of a manifest, checked against it: for a local folder existence and byte size at
+    construction, sha256 at each shard's first read in a process; for a remote base (`sshpe.data.locations`) size
+    and sha256 at each fetch (`fetch_shard`); every record's schema at read. Reads samples by (shard, position)."""
 
-    def __init__(self, manifest_dir: Path, split: str, *, decode: bool = True) -> None:
+    def __init__(self, manifest_dir: str | Path | ShardLocation, split: str, *, decode: bool = True) -> None:
         self.decode = decode
-        self.manifest_dir = Path(manifest_dir)
-        self.manifest = read_manifest(self.manifest_dir)
+        self.location = shard_location(manifest_dir)
+        self.manifest = read_manifest(self.location)
         if split not in self.manifest["splits"]:
             raise ValueError(
-                f"split {split!r} not in {self.manifest_dir / MANIFEST_NAME} (it has "
+                f"split {split!r} not in {self.location.where(MANIFEST_NAME)} (it has "
                 f"{sorted(self.manifest['splits'])}); run `sshpe shard ... ` for that split"
             )
         self.split = split
         entries = self.manifest["splits"][split]["shards"]
-        self.paths = [self.manifest_dir / e["name"] for e in entries]
+        self.names = [e["name"] for e in entries]
         self.counts = [int(e["count"]) for e in entries]
         self.sha256 = [e["sha256"] for e in entries]
+        self.sizes = [e["size"] for e in entries]
         self.num_joints = len(self.manifest["schema"]["names"])
-        for p, e in zip(self.paths, entries):
+        if self.location.is_remote:
+            return  # fetched whole when first read: size and sha256 are checked then
+        self.paths = [self.location.folder / name for name in self.names]
+        for p, size in zip(self.paths, self.sizes):
             if not p.is_file():
                 raise ShardError(f"shard {p} listed in the manifest is missing; run `sshpe shard` again")
-            size = p.stat().st_size
-            if e["size"] is not None and size != e["size"]:
+            if size is not None and p.stat().st_size != size:
                 raise ShardError(
-                    f"shard {p} has {size} bytes but the manifest says {e['size']}: it was changed or truncated after "
-                    "`sshpe shard` wrote it; run `sshpe shard` again"
+                    f"shard {p} has {p.stat().st_size} bytes but the manifest says {size}: it was changed or "
+                    "truncated after `sshpe shard` wrote it; run `sshpe shard` again"
                 )
 
     def units(self) -> list[Unit]:
@@ -269,15 +335,22 @@ class _SplitReader:
 
     def read(self, unit: Unit) -> dict:
         shard, pos = unit
-        path = self.paths[shard]
-        verify_shard(path, self.sha256[shard])
-        locs = index_shard(path)
+        source, locs = self._open(shard)
         if len(locs) != self.counts[shard]:
             raise ShardError(
-                f"shard {path} holds {len(locs)} samples but the manifest says {self.counts[shard]}; "
+                f"shard {source} holds {len(locs)} samples but the manifest says {self.counts[shard]}; "
                 "it is corrupt or stale, run `sshpe shard` again"
             )
-        return read_sample(path, locs[pos], self.num_joints, decode=self.decode)
+        return read_sample(source, locs[pos], self.num_joints, decode=self.decode)
+
+    def _open(self, shard: int) -> tuple[Path | FetchedShard, list[SampleLoc]]:
+        """Shard `shard` checked against the manifest, and its sample locations."""
+        if self.location.is_remote:
+            fetched = fetch_shard(self.location, self.names[shard], self.sha256[shard], self.sizes[shard])
+            return fetched, fetched.locs
+        path = self.paths[shard]
+        verify_shard(path, self.sha256[shard])
+        return path, index_shard(path)
 
 
 class OneLineErrors(DataLoader):
@@ -341,7 +414,7 @@ class TrainStream(IterableDataset):
     and skips its first (n + w) // W batches, so the output from batch n on equals an uninterrupted stream's.
 
     Args:
-        manifest_dir: shard directory with manifest.json.
+        manifest_dir: shard folder with manifest.json, or a remote base (`sshpe.data.locations.shard_location`).
         split: split name in the manifest.
         seed: run seed (>= 0); each (rank, logical worker, epoch) draws its order from SeedSequence of it.
         rank, world_size: this process's place among the data-parallel ranks.
@@ -352,7 +425,7 @@ class TrainStream(IterableDataset):
 
     def __init__(
         self,
-        manifest_dir: Path,
+        manifest_dir: str | Path | ShardLocation,
         split: str,
         *,
         seed: int,
@@ -396,7 +469,7 @@ class TrainStream(IterableDataset):
 
 
 def make_train_loader(
-    manifest_dir: Path,
+    manifest_dir: str | Path | ShardLocation,
     split: str,
     *,
     batch_size: int,
@@ -436,7 +509,13 @@ class ValDataset(Dataset):
     """
 
     def __init__(
-        self, manifest_dir: Path, split: str = "val", *, rank: int = 0, world_size: int = 1, decode: bool = True
+        self,
+        manifest_dir: str | Path | ShardLocation,
+        split: str = "val",
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        decode: bool = True,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -451,7 +530,7 @@ class ValDataset(Dataset):
 
 
 def make_val_loader(
-    manifest_dir: Path,
+    manifest_dir: str | Path | ShardLocation,
     split: str = "val",
     *,
     batch_size: int,
