@@ -28,11 +28,11 @@ from sshpe.checkpoint import (
 from sshpe.data.shard_writer import read_manifest, source_file
 from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
-from sshpe.evaluate import check_backend
+from sshpe.evaluation.coco_ap import check_backend
+from sshpe.evaluation.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.export import export_model
 from sshpe.nets import build_nets
 from sshpe.portable_paths import write_run_paths
-from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
 from sshpe.recipe import (
     Recipe,
