@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sshpe.evaluate import STAT_KEYS, coco_keypoint_eval
+from sshpe.evaluation.coco_ap import STAT_KEYS, coco_keypoint_eval
 from sshpe.schema import COCO17
 
 # A standing person in a unit box (x right, y down), COCO-17 order.

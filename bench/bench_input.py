@@ -119,7 +119,7 @@ def main() -> None:
     from sshpe.data.prepare import find_sources, load_split
     from sshpe.data.shard_writer import read_manifest
     from sshpe.data.streams import ValDataset, collate, decode_batch
-    from sshpe.predict import batch_to_device
+    from sshpe.evaluation.predict import batch_to_device
     from sshpe.schema import schema_from_data
     from sshpe.views import identity_params, make_view, view_targets
 

@@ -48,8 +48,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sshpe.checkpoint import STUDENT, latest_checkpoint
-from sshpe.data.coco import load_instances
 from sshpe.data.prepare import find_sources, shard_dataset
+from sshpe.data.readers.coco import load_instances
 from sshpe.data.shard_writer import MANIFEST_NAME
 from sshpe.loop import fit
 from sshpe.recipe import dump_recipe, load_recipe

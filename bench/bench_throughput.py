@@ -46,9 +46,9 @@ def _timed(fn, steps: int, warmup: int, sync) -> tuple[float, int]:
 
 
 def bench(recipe, steps: int, warmup: int, device: torch.device) -> dict:
+    from sshpe.evaluation.predict import batch_to_device
     from sshpe.loop import _optimizer
     from sshpe.nets import build_nets
-    from sshpe.predict import batch_to_device
     from sshpe.step import train_step
     from sshpe.teachers import make_teacher
 

@@ -7,7 +7,7 @@ Usage: python bench/oracle_ap.py RECIPE [section.field=value ...] (run where the
 
 import sys
 
-from sshpe.oracle import oracle_ap
+from sshpe.evaluation.oracle import oracle_ap
 from sshpe.recipe import load_recipe
 
 if __name__ == "__main__":

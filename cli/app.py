@@ -52,7 +52,7 @@ def _user_errors():
     """Errors a user can fix are printed without a traceback."""
     from sshpe.checkpoint import CheckpointError
     from sshpe.distributed import EngineError
-    from sshpe.evaluate import BackendUnavailable
+    from sshpe.evaluation.coco_ap import BackendUnavailable
     from sshpe.parallel import WorkerDied
     from sshpe.recipe import RecipeError
 
@@ -210,7 +210,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a recipe (works unchanged under `accelerate launch` / `torchrun`); prints the final AP (or PCKh) table."""
-    from sshpe.evaluate import stats_table
+    from sshpe.evaluation.coco_ap import stats_table
     from sshpe.loop import fit
 
     try:
@@ -239,7 +239,7 @@ def eval_(
 ) -> None:
     """COCO keypoint AP (or, for MPII shards, the PCKh table) of a model on validation shards, with the reference's
     post-processing."""
-    from sshpe.evaluate import stats_table
+    from sshpe.evaluation.coco_ap import stats_table
     from sshpe.runner import evaluate_model
 
     try:

@@ -30,7 +30,7 @@ def __getattr__(name: str):
 
         return build_model
     if name == "load_model":
-        from sshpe.infer import load_model
+        from sshpe.inference.pose_model import load_model
 
         return load_model
     if name == "get_schema":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sshpe.atomic import atomic_write_text
+from sshpe.atomic import atomic_path, atomic_write_text
 from sshpe.checkpoint import (
     complete_checkpoints,
     load_checkpoint,
@@ -29,11 +29,11 @@ from sshpe.data.locations import shard_location
 from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest, source_file
 from sshpe.data.streams import decode_in_workers, make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
-from sshpe.evaluate import check_backend
+from sshpe.evaluation.coco_ap import check_backend
+from sshpe.evaluation.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.export import export_model
 from sshpe.nets import build_nets
 from sshpe.portable_paths import write_run_paths
-from sshpe.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.pseudo_labels import pseudo_label_pck
 from sshpe.recipe import (
     Recipe,
@@ -348,8 +348,9 @@ def _fit(accelerator, recipe: Recipe, run_dir: Path, resume: bool | Path, init_f
             f"{best['score']:.4g}; the last step {sched.total} scored {score_of(stats):.4g})"
         )
         if accelerator.is_main_process:
-            shutil.copyfile(run_dir / BEST / "model.safetensors", run_dir / "final" / "model.safetensors")
+            _copy_atomic(run_dir / BEST / "model.safetensors", run_dir / "final" / "model.safetensors")
             atomic_write_text(run_dir / "final" / "stats.json", json.dumps(best["stats"], indent=1))
+            _take_predictions(run_dir / "eval" / f"step-{best['step']:06d}", run_dir / "final")
         stats = best["stats"]
     elif accelerator.is_main_process:
         net, name = eval_network(recipe, raw, teacher)
@@ -378,6 +379,25 @@ def read_best(run_dir: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # torn by a kill: the next evaluation writes it again
+
+
+# What an evaluation writes beside stats.json: COCO results (`write_results`) or MPII's pred.mat (`score_pckh`).
+PREDICTION_FILES = ("results.json", "pred.mat")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _take_predictions(src: Path, final: Path) -> None:
+    """final/ gets the prediction files of the evaluation it now holds (RUN/eval/step-N/), so they match its model
+    and stats; a file that evaluation has not is removed rather than left from the last step."""
+    for name in PREDICTION_FILES:
+        if (src / name).is_file():
+            _copy_atomic(src / name, final / name)
+        else:
+            (final / name).unlink(missing_ok=True)
 
 
 def _provenance(step: int, stats: dict) -> dict:

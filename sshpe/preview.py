@@ -19,8 +19,8 @@ from sshpe.augment.mum import make_mix_mask, mix_tiles
 from sshpe.augment.ops import apply_ops
 from sshpe.data.shard_writer import read_manifest
 from sshpe.data.streams import TrainStream
+from sshpe.evaluation.predict import data_schema
 from sshpe.geometry import apply_affine
-from sshpe.predict import data_schema
 from sshpe.recipe import Recipe
 from sshpe.schema import joint_map
 from sshpe.step import easy_view, heatmap_argmax, op_params, remap_labels

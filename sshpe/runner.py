@@ -21,7 +21,7 @@ from sshpe.checkpoint import (
     verify_checkpoint,
 )
 from sshpe.data.locations import shard_location
-from sshpe.evaluate import rescore
+from sshpe.evaluation.coco_ap import rescore
 from sshpe.export import export_model, load_exported
 from sshpe.portable_paths import candidates, first_existing, read_run_paths
 from sshpe.recipe import Recipe, RecipeError, load_recipe
@@ -203,7 +203,7 @@ def predict_images(
     Args:
         model: exported model file or run folder.
         images: image files or folders.
-        boxes_file: person boxes (`sshpe.boxes.read_boxes`: COCO detection results with `image_info`, or
+        boxes_file: person boxes (`sshpe.inference.boxes.read_boxes`: COCO detection results with `image_info`, or
             {file_name, bbox, score} entries); None: the whole image is the person box.
         whole_image: with `boxes_file`, images it does not name use the whole image (else that is an error).
         score_thr: boxes scored below it are left out.
@@ -212,9 +212,9 @@ def predict_images(
         ValueError: a malformed boxes entry (file and entry index), input images the boxes file does not name (all
             listed before any inference), an unreadable image.
     """
-    from sshpe.boxes import match_images, read_boxes
-    from sshpe.infer import check_boxes, load_model, read_rgb
-    from sshpe.overlay import draw_person
+    from sshpe.inference.boxes import match_images, read_boxes
+    from sshpe.inference.overlay import draw_person
+    from sshpe.inference.pose_model import check_boxes, load_model, read_rgb
     from sshpe.schema import joint_sides
 
     files = _image_files(images)

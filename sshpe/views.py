@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from sshpe import geometry
-from sshpe.codec import encode_heatmaps
+from sshpe.evaluation.codec import encode_heatmaps
 
 HEATMAP_STRIDE = 4
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sshpe.data.coco import load_instances
+from sshpe.data.readers.coco import load_instances
 from sshpe.data.shard_folder import write_shard_folder
 from sshpe.schema import COCO17
 

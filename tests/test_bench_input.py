@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from sshpe import geometry
-from sshpe.codec import encode_heatmaps
+from sshpe.evaluation.codec import encode_heatmaps
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_input", REPO / "bench" / "bench_input.py")

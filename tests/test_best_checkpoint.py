@@ -34,6 +34,10 @@ def test_an_earlier_better_evaluation_is_what_final_exports(smoke_shards, tmp_pa
     last = load_file(str(run / "checkpoints" / "step-000006" / STUDENT))
     assert any(not torch.equal(final[k], last[f"nets.0.{k}"]) for k in final)  # not the last step's weights
     assert json.loads((run / "final" / "stats.json").read_text())["AP"] == 0.5
+    # final/'s results file is the one of the evaluation it holds, not the last step's
+    step2 = (run / "eval" / "step-000002" / "results.json").read_bytes()
+    assert (run / "final" / "results.json").read_bytes() == step2
+    assert json.loads(step2) != json.loads((run / "eval" / "step-000004" / "results.json").read_bytes())
     assert (
         "final/ holds the best evaluation, step 2 (AP 0.5; the last step 6 scored 0.2)"
         in (run / "train.log").read_text()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sshpe.codec import blur_heatmaps, decode_heatmaps, encode_heatmaps, flip_back, gaussian_kernel1d
+from sshpe.evaluation.codec import blur_heatmaps, decode_heatmaps, encode_heatmaps, flip_back, gaussian_kernel1d
 from sshpe.schema import COCO17, UNION24
 
 # ---------------------------------------------------------------------------------------------------------------

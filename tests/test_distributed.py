@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from sshpe.checkpoint import STUDENT, complete_checkpoints, read_trainer_state
 from sshpe.data.streams import ValDataset, make_val_loader
 from sshpe.distributed import EngineError, check_engine
+from sshpe.evaluation.predict import predict_instances, score_predictions
 from sshpe.export import load_exported
 from sshpe.loop import _optimizer, fit
 from sshpe.nets import build_nets
-from sshpe.predict import predict_instances, score_predictions
 from sshpe.recipe import RecipeError
 from sshpe.step import train_step
 

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from sshpe import geometry
-from sshpe.evaluate import (
+from sshpe.evaluation.coco_ap import (
     STAT_KEYS,
     build_results,
     coco_keypoint_eval,
@@ -91,7 +91,7 @@ def _instances(noise_px: float = 0.0, seed: int = 0):
 def test_perfect_predictions_score_ap_one_and_noise_lowers_it(gt_file, caplog):
     results = build_results(*_instances(), schema=COCO17)
     assert len(results) == 4 and {r["category_id"] for r in results} == {1}
-    with caplog.at_level(logging.INFO, logger="sshpe.evaluate"):
+    with caplog.at_level(logging.INFO, logger="sshpe.evaluation.coco_ap"):
         perfect = coco_keypoint_eval(gt_file, results)
     assert list(perfect) == list(STAT_KEYS)
     assert perfect["AP"] == pytest.approx(1.0) and perfect["AR"] == pytest.approx(1.0)
@@ -149,7 +149,7 @@ def test_results_carry_the_reference_box_fields_and_pycocotools_takes_the_area_f
 def test_eval_errors_and_empty_results(gt_file, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         coco_keypoint_eval(tmp_path / "missing.json", [])
-    with caplog.at_level(logging.WARNING, logger="sshpe.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="sshpe.evaluation.coco_ap"):
         stats = coco_keypoint_eval(gt_file, [])
     assert stats == {k: 0.0 for k in STAT_KEYS} and "no predictions" in caplog.text
     results = build_results(*_instances(), schema=COCO17)
@@ -321,7 +321,7 @@ def test_faster_coco_eval_matches_pycocotools_on_the_same_results(tmp_path):
 def test_a_missing_backend_package_fails_early_with_the_install_command(monkeypatch):
     import builtins
 
-    from sshpe.evaluate import BackendUnavailable, check_backend
+    from sshpe.evaluation.coco_ap import BackendUnavailable, check_backend
 
     real_import = builtins.__import__
 

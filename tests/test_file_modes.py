@@ -13,7 +13,7 @@ import pytest
 from conftest import smoke_recipe
 
 from sshpe.atomic import atomic_path, atomic_write_bytes, atomic_write_text, current_umask
-from sshpe.evaluate import write_results
+from sshpe.evaluation.coco_ap import write_results
 from sshpe.export import export_model
 from sshpe.loop import fit
 from sshpe.models import build_model

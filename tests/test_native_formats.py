@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sshpe.data.aic import load_aic
-from sshpe.data.mpii import load_mpii, read_pckh_gt
 from sshpe.data.prepare import find_sources
+from sshpe.data.readers.aic import load_aic
+from sshpe.data.readers.mpii import load_mpii, read_pckh_gt
 from sshpe.geometry import box_to_center_scale
 from sshpe.schema import AIC14, COCO17, MPII16
 from sshpe.synth.native import HEAD_TOP_AT, UPPER_NECK_AT, write_aic, write_mpii

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from conftest import smoke_recipe
 
-from sshpe.oracle import oracle_ap
+from sshpe.evaluation.oracle import oracle_ap
 
 
 def test_oracle_ap_is_near_perfect(smoke_shards):
@@ -15,7 +15,7 @@ def test_oracle_ap_is_near_perfect(smoke_shards):
 
 
 def test_oracle_ap_detects_a_frame_bug(smoke_shards, monkeypatch):
-    import sshpe.oracle as oracle
+    import sshpe.evaluation.oracle as oracle
 
     real = oracle.heatmap_to_image
     monkeypatch.setattr(oracle, "heatmap_to_image", lambda k, *a: real(k + 1.0, *a))  # one heatmap px off

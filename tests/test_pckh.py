@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sshpe.data.mpii import read_pckh_gt, write_pckh_gt, write_pred_mat
-from sshpe.pckh import normalized_errors, pckh_table
+from sshpe.data.readers.mpii import read_pckh_gt, write_pckh_gt, write_pred_mat
+from sshpe.evaluation.pckh import normalized_errors, pckh_table
 from sshpe.schema import MPII16
 from sshpe.synth.native import MPII_MAT_NAMES
 

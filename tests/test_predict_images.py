@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from conftest import smoke_recipe
 
 import sshpe
-from sshpe.boxes import match_images, read_boxes
 from sshpe.export import export_model, read_metadata
-from sshpe.infer import PoseModel, resolve_device
+from sshpe.inference.boxes import match_images, read_boxes
+from sshpe.inference.overlay import SIDE_BGR, draw_person, limb_side
+from sshpe.inference.pose_model import PoseModel, resolve_device
 from sshpe.models import build_model
-from sshpe.overlay import SIDE_BGR, draw_person, limb_side
 from sshpe.runner import overlay_names, predict_images
 from sshpe.schema import get_schema, joint_sides
 

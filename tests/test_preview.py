@@ -9,7 +9,7 @@ import torch
 from conftest import smoke_recipe
 
 from sshpe.augment.hard_affine import warp_normalized
-from sshpe.codec import encode_heatmaps
+from sshpe.evaluation.codec import encode_heatmaps
 from sshpe.preview import HEADER_PX, MARKER_BGR, build_preview, read_preview_batch, render_preview
 
 PATHS = "[[], [{kind: joint_cutout}], [{kind: joint_cut_occlusion}, {kind: cutout}]]"

@@ -16,9 +16,9 @@ from conftest import REPO, smoke_recipe
 from scipy.io import loadmat
 
 from sshpe.data.prepare import SourceFiles, default_schema, find_sources, shard_dataset
+from sshpe.evaluation.oracle import oracle_ap
 from sshpe.export import read_metadata
 from sshpe.loop import fit
-from sshpe.oracle import oracle_ap
 from sshpe.recipe import load_recipe
 from sshpe.schema import load_schema_file
 from sshpe.synth.native import generate_native

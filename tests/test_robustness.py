@@ -23,8 +23,8 @@ from sshpe._cli.app import app
 from typer.testing import CliRunner
 
 from sshpe.checkpoint import COMPLETE, CheckpointError, plan_resume, verify_checkpoint
-from sshpe.data.coco import InvalidAnnotations
 from sshpe.data.prepare import find_sources, shard_dataset
+from sshpe.data.readers.coco import InvalidAnnotations
 from sshpe.data.shard_folder import _recover, write_shard_folder
 from sshpe.data.shard_format import ShardFormatError
 from sshpe.data.shard_writer import InvalidImage, read_manifest
@@ -212,7 +212,7 @@ def _val_ann(data: Path) -> Path:
 
 
 def _val_instances(data: Path):
-    from sshpe.data.coco import load_instances
+    from sshpe.data.readers.coco import load_instances
 
     return load_instances(_val_ann(data), data / "images" / "val", kind="val", aspect=1.0, num_joints=17)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from sshpe.data.aic import load_aic
-from sshpe.data.coco import Instance, InstanceKind, load_instances, read_json
-from sshpe.data.mpii import load_mpii, read_pckh_gt
+from sshpe.data.readers.aic import load_aic
+from sshpe.data.readers.coco import Instance, InstanceKind, load_instances, read_json
+from sshpe.data.readers.mpii import load_mpii, read_pckh_gt
 from sshpe.data.shard_folder import FolderResult, write_shard_folder
 from sshpe.recipe import check_input_size
 from sshpe.schema import KeypointSchema, get_schema, schema_from_coco_category

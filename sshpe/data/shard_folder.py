@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sshpe import geometry
-from sshpe.data.coco import Instance
+from sshpe.data.readers.coco import Instance
 from sshpe.data.shard_writer import (
     MANIFEST_NAME,
     check_compatible,

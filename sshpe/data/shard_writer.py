@@ -18,8 +18,8 @@ from rich.text import Text
 from webdataset import TarWriter
 
 from sshpe import geometry
-from sshpe.data.coco import Instance, Invalid
 from sshpe.data.locations import ShardLocation, remote_source, shard_location
+from sshpe.data.readers.coco import Instance, Invalid
 from sshpe.data.shard_format import MANIFEST_FORMAT, ShardFormatError, validate_manifest
 from sshpe.parallel import ordered_map
 from sshpe.portable_paths import candidates, first_existing, portable

@@ -13,7 +13,7 @@ from functools import lru_cache, partial
 import timm
 import torch
 
-from sshpe.models import PoseModel
+from sshpe.models.contract import PoseModel
 from sshpe.models.hrnet import PoseHRNet
 from sshpe.models.simple_baseline import DEFAULT_HEAD_CHANNELS, SimpleBaseline
 

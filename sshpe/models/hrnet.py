@@ -13,7 +13,7 @@ from typing import Any
 import timm
 from torch import Tensor, nn
 
-from sshpe.models import Feat, PoseModel, init_normal_
+from sshpe.models.contract import Feat, PoseModel, init_normal_
 
 _BACKBONE_CHILDREN = (
     "conv1", "bn1", "act1", "conv2", "bn2", "act2",

@@ -9,7 +9,7 @@ from rich.table import Table
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sshpe.models import Feat, PoseModel
+from sshpe.models.contract import Feat, PoseModel
 
 
 def count_params(model: nn.Module) -> int:

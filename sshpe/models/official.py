@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sshpe.models import PoseModel
 from sshpe.models.build import build_model
+from sshpe.models.contract import PoseModel
 
 _CONTAINER_KEYS = ("state_dict", "best_state_dict", "model")
 _MAX_LISTED = 20

@@ -12,7 +12,7 @@ import timm
 from timm.models import FeatureListNet
 from torch import Tensor, nn
 
-from sshpe.models import Feat, PoseModel, init_normal_
+from sshpe.models.contract import Feat, PoseModel, init_normal_
 
 DEFAULT_HEAD_CHANNELS: tuple[int, ...] = (256, 256, 256)
 _HEAD_NAMES = ("deconv_layers", "final_layer")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sshpe.atomic import atomic_write_text
-from sshpe.data.mpii import write_pckh_gt
+from sshpe.data.readers.mpii import write_pckh_gt
 from sshpe.schema import get_schema
 from sshpe.synth.figures import EXTRA_NAMES
 

@@ -1,7 +1,7 @@
 """Pose inference on people's images: `load_model(path)` gives a `PoseModel`, callable on images and person boxes.
 
 Crops of many boxes and images share each forward pass (up to `batch_size` crops) on the chosen device; the crop,
-decoding and the map back to image px are those of evaluation (`sshpe.predict`, `sshpe.evaluate`).
+decoding and the map back to image px are those of evaluation (`sshpe.evaluation.predict`, `sshpe.evaluation.coco_ap`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from sshpe import geometry
-from sshpe.codec import decode_heatmaps
-from sshpe.evaluate import heatmap_to_image
+from sshpe.evaluation.coco_ap import heatmap_to_image
+from sshpe.evaluation.codec import decode_heatmaps
+from sshpe.evaluation.predict import predict_heatmaps
 from sshpe.export import load_exported
-from sshpe.predict import predict_heatmaps
 from sshpe.schema import flip_index_from_pairs
 from sshpe.views import normalize
 

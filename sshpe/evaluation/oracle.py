@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sshpe.codec import decode_heatmaps
 from sshpe.data.shard_writer import read_manifest
 from sshpe.data.streams import make_val_loader
-from sshpe.evaluate import heatmap_to_image
-from sshpe.predict import PREDICTION_PARTS, data_schema, score_predictions
+from sshpe.evaluation.coco_ap import heatmap_to_image
+from sshpe.evaluation.codec import decode_heatmaps
+from sshpe.evaluation.predict import PREDICTION_PARTS, data_schema, score_predictions
 from sshpe.recipe import Recipe
 from sshpe.schema import joint_map
 from sshpe.step import remap_labels

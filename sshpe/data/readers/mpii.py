@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sshpe.data.coco import Instance, InstanceKind, image_size, read_json_list
+from sshpe.data.readers.coco import Instance, InstanceKind, image_size, read_json_list
 from sshpe.geometry import box_to_center_scale
 
 NUM_JOINTS = 16

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sshpe.data.coco import PERSON_CATEGORY, read_json
+from sshpe.data.readers.coco import PERSON_CATEGORY, read_json
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """PCKh: head-normalised keypoint accuracy as SHP/HRNet `mpii.py evaluate` computes it (reference §1.9).
 
-Pure numpy on arrays; reading `gt_valid.mat` and writing `pred.mat` live in `sshpe.data.mpii`.
+Pure numpy on arrays; reading `gt_valid.mat` and writing `pred.mat` live in `sshpe.data.readers.mpii`.
 """
 
 from __future__ import annotations

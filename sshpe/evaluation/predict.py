@@ -1,7 +1,7 @@
 """Run a pose network over validation shards and score it: COCO keypoint AP (reference §1.8) or, for shards with a
 PCKh ground truth (MPII), the PCKh table (§1.9).
 
-Side effects (loaders, ranks, files) live here; the math is in `sshpe.codec`, `sshpe.evaluate` and
+Side effects (loaders, ranks, files) live here; the math is in `sshpe.evaluation.codec`, `sshpe.evaluation.coco_ap` and
 `sshpe.geometry`.
 """
 
@@ -13,12 +13,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sshpe.codec import decode_heatmaps, flip_back
 from sshpe.data.locations import shard_location
 from sshpe.data.shard_writer import MANIFEST_NAME, source_file
 from sshpe.data.streams import decode_batch
-from sshpe.evaluate import build_results, coco_keypoint_eval, heatmap_to_image, write_results
-from sshpe.pckh import pckh_table
+from sshpe.evaluation.coco_ap import build_results, coco_keypoint_eval, heatmap_to_image, write_results
+from sshpe.evaluation.codec import decode_heatmaps, flip_back
+from sshpe.evaluation.pckh import pckh_table
 from sshpe.recipe import Recipe
 from sshpe.schema import KeypointSchema, eval_channels, schema_from_data
 from sshpe.views import identity_params, make_view
@@ -115,7 +115,7 @@ def score_predictions(inst: dict[str, np.ndarray], recipe: Recipe, manifest: dic
 
 def score_pckh(inst: dict[str, np.ndarray], recipe: Recipe, data: KeypointSchema, gt_file: Path, out_dir) -> dict:
     """PCKh of val predictions (instance i = the i-th person of the ground truth: `ann_id` is the entry index)."""
-    from sshpe.data.mpii import read_pckh_gt, write_pred_mat
+    from sshpe.data.readers.mpii import read_pckh_gt, write_pred_mat
 
     if data.pckh is None:
         raise ValueError(f"the shards' keypoint schema {data.name!r} has no `pckh` settings; PCKh needs them")
