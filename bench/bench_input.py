@@ -116,9 +116,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
 
+    from sshpe.data.batches import collate, decode_batch
     from sshpe.data.prepare import find_sources, load_split
     from sshpe.data.shard_writer import read_manifest
-    from sshpe.data.streams import ValDataset, collate, decode_batch
+    from sshpe.data.streams import ValDataset
     from sshpe.evaluation.predict import batch_to_device
     from sshpe.schema import schema_from_data
     from sshpe.views import identity_params, make_view, view_targets

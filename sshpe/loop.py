@@ -25,9 +25,10 @@ from sshpe.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )  # fmt: skip
+from sshpe.data.batches import decode_in_workers
 from sshpe.data.locations import shard_location
 from sshpe.data.shard_writer import MANIFEST_NAME, read_manifest, source_file
-from sshpe.data.streams import decode_in_workers, make_train_loader, make_val_loader
+from sshpe.data.streams import make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator, check_prepared, engine_info, maybe_sync_batchnorm, sync_bn_buffers
 from sshpe.evaluation.coco_ap import check_backend
 from sshpe.evaluation.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions

@@ -113,7 +113,7 @@ def build_preview(recipe: Recipe, batch: dict, split: str, *, generator: torch.G
     Pose-MUM's feature-level mixes are not visible in pixels.
 
     Args:
-        batch: collated samples (`sshpe.data.streams.collate`) with labels in the recipe's schema.
+        batch: collated samples (`sshpe.data.batches.collate`) with labels in the recipe's schema.
         generator: drives the easy view, ops, θ and MUM masks.
     """
     ve = easy_view(batch, recipe, generator)

@@ -124,7 +124,7 @@ def train_step(
         student: `PoseNets` (possibly DDP/DeepSpeed-wrapped); `student(x, net, mix)` -> heatmaps.
         teacher: the EMA/EMAN copy of the student or SSPCM's last-epoch snapshot (unwrapped `PoseNets`), or None
             for none/single/dual.
-        batch_l, batch_u: collated batches on the training device (`sshpe.data.streams.collate`).
+        batch_l, batch_u: collated batches on the training device (`sshpe.data.batches.collate`).
         generator: drives every random draw of this step.
 
     Returns:

@@ -1,6 +1,6 @@
 """Easy views: batched crops from stored canvases on the training device (DESIGN decision 2).
 
-A collated batch holds uint8 canvases and records (`sshpe.data.streams.collate`); everything here is a pure function
+A collated batch holds uint8 canvases and records (`sshpe.data.batches.collate`); everything here is a pure function
 of those tensors and a `torch.Generator`, so the CPU workers only ever decode JPEGs.
 """
 

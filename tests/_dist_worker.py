@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sshpe.data.streams import ValDataset, collate, make_train_loader, make_val_loader
+from sshpe.data.batches import collate
+from sshpe.data.streams import ValDataset, make_train_loader, make_val_loader
 from sshpe.distributed import build_accelerator
 from sshpe.loop import _optimizer, fit
 from sshpe.nets import build_nets

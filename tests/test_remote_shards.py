@@ -25,11 +25,12 @@ from conftest import smoke_recipe
 from sshpe._cli.app import app
 from typer.testing import CliRunner
 
-from sshpe.data import locations, streams
+from sshpe.data import locations, shard_access
 from sshpe.data.locations import LocationError, join_url, remote_source, shard_location
 from sshpe.data.prepare import find_sources, shard_dataset
+from sshpe.data.shard_access import ShardError
 from sshpe.data.shard_writer import read_manifest, source_file
-from sshpe.data.streams import ShardError, TrainStream, ValDataset, make_train_loader
+from sshpe.data.streams import TrainStream, ValDataset, make_train_loader
 from sshpe.portable_paths import read_run_paths
 from sshpe.recipe import RecipeError
 
@@ -85,7 +86,7 @@ def _bounded(monkeypatch, tmp_path):
     """Short timeouts and retry waits; an empty remote-shard cache and a private source cache per test."""
     monkeypatch.setattr(locations, "HTTP_TIMEOUT_S", 10.0)
     monkeypatch.setattr(locations, "RETRY_DELAYS_S", (0.01, 0.01))
-    monkeypatch.setattr(streams, "_FETCHED", OrderedDict())
+    monkeypatch.setattr(shard_access, "_FETCHED", OrderedDict())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 

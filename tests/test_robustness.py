@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 from sshpe.checkpoint import COMPLETE, CheckpointError, plan_resume, verify_checkpoint
 from sshpe.data.prepare import find_sources, shard_dataset
 from sshpe.data.readers.coco import InvalidAnnotations
+from sshpe.data.shard_access import ShardError
 from sshpe.data.shard_folder import _recover, write_shard_folder
 from sshpe.data.shard_format import ShardFormatError
 from sshpe.data.shard_writer import InvalidImage, read_manifest
-from sshpe.data.streams import ShardError, ValDataset, make_train_loader, make_val_loader
+from sshpe.data.streams import ValDataset, make_train_loader, make_val_loader
 from sshpe.export import WeightsFileError, load_exported, read_metadata
 from sshpe.parallel import WorkerDied, ordered_map
 from sshpe.recipe import RecipeError, load_recipe

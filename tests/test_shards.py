@@ -15,9 +15,10 @@ from _fixtures_coco import INPUT_HW, CocoFixture, K, make_coco, shard_fixture
 from sshpe import geometry
 from sshpe.data.prepare import find_sources, shard_dataset
 from sshpe.data.readers.coco import load_instances
+from sshpe.data.shard_access import index_shard, read_sample
 from sshpe.data.shard_folder import write_shard_folder
 from sshpe.data.shard_writer import InvalidImage, manifest_dict, read_manifest, write_split
-from sshpe.data.streams import ValDataset, index_shard, read_sample
+from sshpe.data.streams import ValDataset
 from sshpe.schema import COCO17
 
 ASPECT = INPUT_HW[1] / INPUT_HW[0]

@@ -11,19 +11,9 @@ import torch
 from _fixtures_coco import INPUT_HW, K, make_coco, shard_fixture
 
 from sshpe import geometry
-from sshpe.data.streams import (
-    ShardError,
-    TrainStream,
-    ValDataset,
-    collate,
-    decode_batch,
-    decode_in_workers,
-    index_shard,
-    make_train_loader,
-    make_val_loader,
-    partition_units,
-    read_sample,
-)
+from sshpe.data.batches import collate, decode_batch, decode_in_workers
+from sshpe.data.shard_access import ShardError, index_shard, read_sample
+from sshpe.data.streams import TrainStream, ValDataset, make_train_loader, make_val_loader, partition_units
 
 N = 12  # valid instances in the fixture
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sshpe.data.streams import ValDataset, collate
+from sshpe.data.batches import collate
+from sshpe.data.streams import ValDataset
 from sshpe.evaluation.codec import decode_heatmaps
 from sshpe.schema import COCO17
 from sshpe.views import EasyParams, make_view, sample_easy_params, view_targets

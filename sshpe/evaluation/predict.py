@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sshpe.data.batches import decode_batch
 from sshpe.data.locations import shard_location
 from sshpe.data.shard_writer import MANIFEST_NAME, source_file
-from sshpe.data.streams import decode_batch
 from sshpe.evaluation.coco_ap import build_results, coco_keypoint_eval, heatmap_to_image, write_results
 from sshpe.evaluation.codec import decode_heatmaps, flip_back
 from sshpe.evaluation.pckh import pckh_table
