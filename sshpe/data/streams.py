@@ -36,7 +36,8 @@ Unit = tuple[int, int]  # (shard index in the split, sample position in the shar
 class _SplitReader:
     """The shards of one split of a manifest, checked against it: for a local folder existence and byte size at
     construction, sha256 at each shard's first read in a process; for a remote base (`sshpe.data.locations`) size
-    and sha256 at each fetch (`fetch_shard`); every record's schema at read. Reads samples by (shard, position)."""
+    and sha256 at each fetch (`shard_access.fetch_shard`); every record's schema at read. Reads samples by
+    (shard, position)."""
 
     def __init__(self, manifest_dir: str | Path | ShardLocation, split: str, *, decode: bool = True) -> None:
         self.decode = decode
@@ -156,7 +157,7 @@ class TrainStream(IterableDataset):
         rank, world_size: this process's place among the data-parallel ranks.
         batch_size: samples per yielded batch (per rank).
         start_batch: DataLoader batch index to resume from.
-        decode: decode the JPEGs here (in the worker); False hands their bytes over (`decode_batch`).
+        decode: decode the JPEGs here (in the worker); False hands their bytes over (`batches.decode_batch`).
     """
 
     def __init__(

@@ -25,7 +25,7 @@ from sshpe.views import identity_params, make_view
 
 
 def batch_to_device(batch: dict, device) -> dict:
-    """Move a collated batch to `device`, decoding handed-over JPEG bytes there first (`streams.decode_batch`)."""
+    """Move a collated batch to `device`, decoding handed-over JPEG bytes there first (`batches.decode_batch`)."""
     batch = decode_batch(batch, device)
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
