@@ -56,6 +56,7 @@ def test_collate_shapes_dtypes_and_frames(shard_dirs):
     h, w = max(hw[0] for hw in sizes), max(hw[1] for hw in sizes)
     assert b["canvas"].shape == (3, 3, h, w) and b["canvas"].dtype == torch.uint8 and max(h, w) <= geometry.canvas_side(
         INPUT_HW)  # fmt: skip
+    assert b["canvas"].permute(0, 2, 3, 1).is_contiguous()  # channels-last storage: filled row by row, no transpose
     for i, (hi, wi) in enumerate(sizes):
         assert torch.equal(b["canvas"][i, :, :hi, :wi], torch.from_numpy(samples[i]["canvas"]).permute(2, 0, 1))
         assert not b["canvas"][i, :, hi:].any() and not b["canvas"][i, :, :, wi:].any()
