@@ -256,7 +256,13 @@ def export(
         Optional[Path], typer.Option(help="output .safetensors (default RUN/export/model.safetensors)")
     ] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint folder (default: latest complete)")] = None,
-    network: Annotated[str, typer.Option(help="student | teacher | student_b")] = "auto",
+    network: Annotated[
+        str,
+        typer.Option(
+            help="auto (what the run evaluates) | student | teacher | student_a | student_b | student_c | "
+            "ensemble (dual: both networks, heatmaps averaged)"
+        ),
+    ] = "auto",
 ) -> None:
     """Write a checkpoint's network as model.safetensors with metadata."""
     from sshpe.runner import export_run

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from sshpe.atomic import atomic_path
 from sshpe.errors import quoted
-from sshpe.models import build_model
+from sshpe.models import HeatmapEnsemble, build_model
 from sshpe.recipe import Recipe
 from sshpe.views import HEATMAP_STRIDE
 
@@ -95,10 +95,14 @@ def export_model(
     net: torch.nn.Module, path: Path, recipe: Recipe, network: str, provenance: dict | None = None
 ) -> Path:
     """Write one pose network (fp32, BN buffers included) with metadata (`model_metadata`; `provenance` e.g.
-    {"step": 1250, "val_AP": 0.465}), atomically, honouring the umask."""
+    {"step": 1250, "val_AP": 0.465}), atomically, honouring the umask. A `HeatmapEnsemble` is written whole (each
+    member under `members.<i>.`, metadata `members`), so the file predicts what the ensemble was scored as."""
     path = Path(path)
+    meta = model_metadata(recipe, network, provenance)
+    if isinstance(net, HeatmapEnsemble):
+        meta["members"] = str(len(net.members))
     with atomic_path(path) as tmp:
-        save_file(fp32_state(net.state_dict()), str(tmp), metadata=model_metadata(recipe, network, provenance))
+        save_file(fp32_state(net.state_dict()), str(tmp), metadata=meta)
     return path
 
 
@@ -136,6 +140,7 @@ def read_metadata(path: Path) -> dict:
 
 def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the network from metadata and load its weights (strict); returns (model in eval mode, metadata).
+    A file with `members` metadata (an exported ensemble) comes back as a `HeatmapEnsemble`.
 
     Raises:
         FileNotFoundError: no such file.
@@ -148,13 +153,18 @@ def load_exported(path: Path, device: str | torch.device = "cpu") -> tuple[torch
     state, raw = read_safetensors(path, device)
     meta = _decode_metadata(raw, path)
     try:
-        net = build_model(
-            str(meta["arch"]),
-            int(meta["num_joints"]),
-            pretrained=False,
-            head_channels=tuple(int(c) for c in meta["head_channels"]),
-            head_kernel=int(meta["head_kernel"]),
-        )
+        members = int(meta.get("members", 1))
+        nets = [
+            build_model(
+                str(meta["arch"]),
+                int(meta["num_joints"]),
+                pretrained=False,
+                head_channels=tuple(int(c) for c in meta["head_channels"]),
+                head_kernel=int(meta["head_kernel"]),
+            )
+            for _ in range(members)
+        ]
+        net = nets[0] if members == 1 else HeatmapEnsemble(nets)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise WeightsFileError(f"{path}: its metadata does not describe a network sshpe can build ({err})") from None
     try:

@@ -33,6 +33,7 @@ from sshpe.distributed import build_accelerator, check_prepared, engine_info, ma
 from sshpe.evaluation.coco_ap import check_backend
 from sshpe.evaluation.predict import batch_to_device, data_schema, merge_instances, predict_instances, score_predictions
 from sshpe.export import export_model
+from sshpe.models import HeatmapEnsemble
 from sshpe.nets import build_nets
 from sshpe.portable_paths import write_run_paths
 from sshpe.pseudo_labels import pseudo_label_pck
@@ -418,15 +419,30 @@ def _keep_if_best(recipe: Recipe, accelerator, raw, teacher, run_dir: Path, step
     atomic_write_text(run_dir / BEST / "stats.json", json.dumps(doc, indent=1))
 
 
+def student_networks(recipe: Recipe, raw) -> dict[str, torch.nn.Module]:
+    """The student's networks by key: "a" (, "b", "c") and, for a dual student, "ensemble" (their heatmap mean)."""
+    out = {"abc"[i]: net for i, net in enumerate(raw.nets)}
+    if recipe.teacher.kind == "dual":
+        out["ensemble"] = HeatmapEnsemble(raw.nets[:2])
+    return out
+
+
+def network_name(key: str, num_nets: int) -> str:
+    """The name a network is evaluated and exported under (metadata `network`): "student" for a single student,
+    "student_a"/"student_b"/"student_c" for one of several, "ensemble" for the dual heatmap ensemble."""
+    if key == "ensemble":
+        return key
+    return "student" if num_nets == 1 else f"student_{key}"
+
+
 def eval_network(recipe: Recipe, raw, teacher) -> tuple[torch.nn.Module, str]:
-    """The single network that evaluation and export use: the EMA teacher, dual net a/b, or the student."""
+    """The network that evaluation and export use, and its name: the EMA teacher, the dual/triple network that
+    `teacher.eval_net` selects (the dual ensemble included), or the student."""
     tc = recipe.teacher
     if teacher is not None and getattr(tc, "export", False):
         return teacher.nets[0], "teacher"
-    which = getattr(tc, "eval_net", "a")
-    if tc.kind in ("dual", "triple") and which in ("a", "b", "c"):
-        return raw.nets["abc".index(which)], f"student_{which}"
-    return raw.nets[0], "student"
+    key = getattr(tc, "eval_net", "a")
+    return student_networks(recipe, raw)[key], network_name(key, len(raw.nets))
 
 
 def _eval_and_log(
@@ -448,13 +464,12 @@ def _eval_and_log(
     net, name = eval_network(recipe, raw, teacher)
     raw.eval()
     net.eval()
-    candidates = _eval_candidates(recipe, raw)
-    selected = getattr(recipe.teacher, "eval_net", None) if name.startswith("student") else None
+    candidates = student_networks(recipe, raw)
+    selected = getattr(recipe.teacher, "eval_net", None) if name != "teacher" else None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-    fn = candidates.get("ensemble") if selected == "ensemble" else net
     with accelerator.autocast():
-        stats = evaluate_nets(fn, recipe, accelerator, manifest, out_dir)
+        stats = evaluate_nets(net, recipe, accelerator, manifest, out_dir)
         scores = {}
         if recipe.eval.all_nets and len(candidates) > 1:
             for key, other in candidates.items():
@@ -472,16 +487,6 @@ def _eval_and_log(
         atomic_write_text(out_dir / "stats.json", json.dumps(stats, indent=1))
     _keep_if_best(recipe, accelerator, raw, teacher, run_dir, step, stats)
     return stats
-
-
-def _eval_candidates(recipe: Recipe, raw) -> dict:
-    """The networks a dual/triple student can be scored by: "a", "b" (, "c") and, for dual, their heatmap
-    ensemble; {"a": net} otherwise."""
-    n = len(raw.nets)
-    out = {"abc"[i]: raw.nets[i] for i in range(n)}
-    if recipe.teacher.kind == "dual":
-        out["ensemble"] = lambda x: 0.5 * (raw.nets[0](x) + raw.nets[1](x))
-    return out
 
 
 def _set_modes(nets, teacher, recipe: Recipe) -> None:

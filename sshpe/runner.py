@@ -62,17 +62,18 @@ def load_run_nets(run: Path, recipe: Recipe, checkpoint: Path | None = None):
 
 def export_run(run: Path, out: Path | None, checkpoint: Path | None, network: str) -> Path:
     """Export one network of a run's checkpoint (auto: the network the recipe evaluates)."""
-    from sshpe.loop import eval_network
+    from sshpe.loop import eval_network, network_name, student_networks
 
     recipe = _run_recipe(run, None, [])
     nets, teacher, ckpt = load_run_nets(run, recipe, checkpoint)
-    choices = {"student": nets.nets[0], "student_b": nets.nets[1] if len(nets.nets) > 1 else None}
-    choices["teacher"] = teacher.nets[0] if teacher is not None else None
+    choices = {network_name(k, len(nets.nets)): net for k, net in student_networks(recipe, nets).items()}
+    choices.setdefault("student", nets.nets[0])  # of several networks, "student" is the first (student_a)
+    if teacher is not None:
+        choices["teacher"] = teacher.nets[0]
     if network == "auto":
         net, network = eval_network(recipe, nets, teacher)
-    elif choices.get(network) is None:
-        raise ValueError(f"--network {network!r} is not available in {run}; choose from "
-                         f"{[k for k, v in choices.items() if v is not None]}")  # fmt: skip
+    elif network not in choices:
+        raise ValueError(f"--network {network!r} is not available in {run}; choose from {sorted(choices)}")
     else:
         net = choices[network]
     step = read_trainer_state(ckpt).get("step")

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import smoke_recipe
 from safetensors.torch import load_file
 
 import sshpe.loop as loop
 from sshpe.checkpoint import STUDENT
-from sshpe.export import read_metadata
+from sshpe.export import load_exported, read_metadata
 from sshpe.loop import fit
+from sshpe.models import HeatmapEnsemble
+from sshpe.runner import evaluate_model, export_run
 
 
 def test_an_earlier_better_evaluation_is_what_final_exports(smoke_shards, tmp_path, monkeypatch):
@@ -63,6 +66,35 @@ def test_dual_students_are_scored_per_network_ensemble_and_mean(smoke_shards, tm
     assert set(nets) == {"val_nets/a/AP", "val_nets/b/AP", "val_nets/ensemble/AP", "val_nets/mean/AP"}
     assert nets["val_nets/ensemble/AP"] == final["val/AP"] == stats["AP"]  # the selected one is the ensemble
     assert abs(nets["val_nets/mean/AP"] - (nets["val_nets/a/AP"] + nets["val_nets/b/AP"]) / 2) < 1e-12
+    # what was scored is what final/ holds: the ensemble, and evaluating that file gives the recorded AP again
+    model = run / "final" / "model.safetensors"
+    meta = read_metadata(model)
+    assert meta["network"] == "ensemble" and meta["members"] == 2 and meta["val_AP"] == stats["AP"]
+    again = tmp_path / "again" / "results.json"
+    again.parent.mkdir()
+    stats_again, _ = evaluate_model(model, run / "recipe.yaml", [f"data.shards={smoke_shards}"], None, again)
+    assert stats_again == stats
+    assert json.loads(again.read_text()) == json.loads((run / "final" / "results.json").read_text())  # same keypoints
+    # and the exported ensemble is the mean of the two networks exported on their own
+    ens, _ = load_exported(model)
+    a, b = (
+        load_exported(export_run(run, tmp_path / f"{n}.safetensors", None, n))[0] for n in ("student_a", "student_b")
+    )
+    x = torch.randn(2, 3, *recipe.data.input_size)
+    with torch.no_grad():
+        assert isinstance(ens, HeatmapEnsemble) and torch.equal(ens(x), (a(x) + b(x)) / 2)
+        assert not torch.equal(a(x), b(x))
+
+
+def test_export_names_every_network_of_a_dual_run(smoke_shards, tmp_path):
+    run = tmp_path / "run"
+    fit(smoke_recipe(smoke_shards, "teacher.kind=dual", "train.duration=1", "train.eval_every=0"), run)
+    for name in ("auto", "student", "student_a", "student_b", "ensemble"):
+        meta = read_metadata(export_run(run, tmp_path / f"{name}.safetensors", None, name))
+        assert meta["network"] == {"auto": "student_a"}.get(name, name)  # eval_net a is the default
+        assert meta.get("members") == (2 if name == "ensemble" else None)
+    with pytest.raises(ValueError, match=r"'teacher' is not available .*\['ensemble', 'student', 'student_a'"):
+        export_run(run, tmp_path / "t.safetensors", None, "teacher")
 
 
 def test_a_tie_with_an_earlier_evaluation_exports_the_last_step(smoke_shards, tmp_path, monkeypatch):
