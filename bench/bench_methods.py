@@ -16,9 +16,10 @@ PCK@0.05 over the last logged windows, and wall time; JSON and markdown under be
 the runs that decide the labeled fraction before any semi-supervised method is trained (docs/benchmarks.md
 records the rule and the decision).
 
-Runs are resumable: a finished run (its `result.json` beside a matching recipe) is reused, so re-running the same
-command after a kill only does the missing work; `--fresh` retrains. `--jobs N` trains N runs at once in separate
-processes that die with the bench process.
+Runs are resumable: a finished run (its `result.json` beside a recipe that resolves to the same fields; schema
+fields added since it ran take their defaults) is reused, so re-running the same command after a kill only does the
+missing work; `--fresh` retrains. `--jobs N` trains N runs at once in separate processes that die with the bench
+process.
 
 Usage:
     python bench/bench_methods.py --calibrate                      # supervised at 1%, 2.5%, 5% and all labels
@@ -52,7 +53,7 @@ from sshpe.data.prepare import find_sources, shard_dataset
 from sshpe.data.readers.coco import load_instances
 from sshpe.data.shard_writer import MANIFEST_NAME
 from sshpe.loop import fit
-from sshpe.recipe import dump_recipe, load_recipe
+from sshpe.recipe import RecipeError, load_recipe, recipe_changes
 from sshpe.schema import get_schema
 from sshpe.synth import generate
 
@@ -113,11 +114,21 @@ def _recipe(method: str, seed: int, shards: Path, steps: int, overrides: list[st
     )  # fmt: skip
 
 
+def same_recipe(stored: Path, recipe) -> bool:
+    """Whether the run folder's `recipe.yaml` resolves to `recipe`: every field equal after both are validated, so
+    a field added to the schema since the run (its default keeps the old behaviour) does not force retraining."""
+    if not stored.is_file():
+        return False
+    try:
+        return not recipe_changes(load_recipe(stored), recipe)
+    except RecipeError:  # a field since removed or renamed: not the same run
+        return False
+
+
 def _finished(run_dir: Path, recipe, fresh: bool) -> dict | None:
     """The stored result of an identical finished run, or None after clearing a stale/different one."""
     done = run_dir / "result.json"
-    same = (run_dir / "recipe.yaml").is_file() and (run_dir / "recipe.yaml").read_text() == dump_recipe(recipe)
-    if not same or fresh:
+    if fresh or not same_recipe(run_dir / "recipe.yaml", recipe):
         shutil.rmtree(run_dir, ignore_errors=True)  # another budget or network: the table compares equal runs
         return None
     return json.loads(done.read_text()) if done.is_file() else None

@@ -4,14 +4,16 @@ burn-ins, and the table reports each method against supervised."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from sshpe.nets import build_nets
-from sshpe.recipe import load_recipe
+from sshpe.recipe import dump_recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_methods", REPO / "bench" / "bench_methods.py")
@@ -90,3 +92,27 @@ def test_pseudo_curves_average_the_logged_windows(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(sys, "argv", ["pseudo_curves.py", str(tmp_path), "--steps", "20", "40"])
     curves.main()
     assert capsys.readouterr().out.splitlines()[-1] == "| posecons | 25.0 | 45.0 |"
+
+
+def test_finished_runs_are_reused_across_schema_additions_only(tmp_path) -> None:
+    """A run whose stored recipe lacks a field added to the schema since (its default keeps the old behaviour) is
+    reused; one that trained differently, or whose recipe names a field that no longer exists, is cleared."""
+    recipe = bench._recipe("mum", 0, tmp_path / "shards", 600, [], decay=True)
+    stored = yaml.safe_load(dump_recipe(recipe))
+    del stored["eval"]["keep_best"]  # as written before the field existed
+    run = tmp_path / "run"
+
+    def write(tree: dict) -> None:
+        run.mkdir(exist_ok=True)
+        (run / "recipe.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+        (run / "result.json").write_text(json.dumps({"AP": 0.25}))
+
+    write(stored)
+    assert bench._finished(run, recipe, fresh=False) == {"AP": 0.25}
+    assert bench._finished(run, recipe, fresh=True) is None and not run.exists()  # --fresh retrains
+    write(stored)
+    longer = bench._recipe("mum", 0, tmp_path / "shards", 2400, [], decay=True)
+    assert bench._finished(run, longer, fresh=False) is None and not run.exists()
+    write(stored | {"eval": {**stored["eval"], "keep_bets": True}})  # a field the schema does not know
+    assert not bench.same_recipe(run / "recipe.yaml", recipe)
+    assert bench._finished(run, recipe, fresh=False) is None and not run.exists()

@@ -22,7 +22,7 @@ import sshpe
 from sshpe.export import export_model, read_metadata
 from sshpe.inference.boxes import match_images, read_boxes
 from sshpe.inference.overlay import SIDE_BGR, draw_person, limb_side
-from sshpe.inference.pose_model import PoseModel, resolve_device
+from sshpe.inference.pose_model import PosePredictor, resolve_device
 from sshpe.models import build_model
 from sshpe.runner import overlay_names, predict_images
 from sshpe.schema import get_schema, joint_sides
@@ -263,7 +263,7 @@ def test_batched_crops_land_in_their_own_boxes(model):
     cell = 4 * 1.25 * 40 / 64  # one heatmap px in image px: stride x padded box / input width
     results = {}
     for bs in (1, 3, 64):
-        out = PoseModel(_BrightSpot(), meta, torch.device("cpu"), batch_size=bs)(images, boxes)
+        out = PosePredictor(_BrightSpot(), meta, torch.device("cpu"), batch_size=bs)(images, boxes)
         assert [k.shape for k in out] == [(2, 17, 3), (0, 17, 3), (5, 17, 3)]
         for k, d in zip(out, dots):
             assert np.abs(k[..., :2] - d[:, None]).max(initial=0.0) < cell

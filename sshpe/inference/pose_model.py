@@ -1,4 +1,4 @@
-"""Pose inference on people's images: `load_model(path)` gives a `PoseModel`, callable on images and person boxes.
+"""Pose inference on people's images: `load_model(path)` gives a `PosePredictor`, callable on images and person boxes.
 
 Crops of many boxes and images share each forward pass (up to `batch_size` crops) on the chosen device; the crop,
 decoding and the map back to image px are those of evaluation (`sshpe.evaluation.predict`, `sshpe.evaluation.coco_ap`).
@@ -69,7 +69,7 @@ def check_boxes(boxes: object, image_hw: tuple[int, int], where: str) -> np.ndar
     return arr
 
 
-class PoseModel:
+class PosePredictor:
     """An exported pose network ready for images: `model(images, boxes)` -> keypoints.
 
     Attributes:
@@ -183,7 +183,7 @@ def _as_rgb(img: np.ndarray, where: str) -> np.ndarray:
     return arr
 
 
-def load_model(path: str | Path, device: str = "auto", batch_size: int = 32) -> PoseModel:
+def load_model(path: str | Path, device: str = "auto", batch_size: int = 32) -> PosePredictor:
     """Load an exported `model.safetensors` (or a run folder's final model) for inference.
 
     Args:
@@ -193,10 +193,10 @@ def load_model(path: str | Path, device: str = "auto", batch_size: int = 32) -> 
         batch_size: crops per forward pass.
 
     Returns:
-        A `PoseModel`: `model(image, boxes)` -> (N, K, 3) keypoints (x, y image px, confidence); see its docstring.
+        A `PosePredictor`: `model(image, boxes)` -> (N, K, 3) keypoints (x, y image px, confidence); see its docstring.
     """
     from sshpe.runner import model_file
 
     dev = resolve_device(device)
     net, meta = load_exported(model_file(Path(path)), dev)
-    return PoseModel(net, meta, dev, batch_size)
+    return PosePredictor(net, meta, dev, batch_size)
